@@ -1,0 +1,6 @@
+"""A fast, from-scratch PyTorch inference engine for Meta's MusicGen."""
+
+from .errors import CheckpointError, DownloadError, InvalidInputError, MusicGenError
+from .pipeline import GenerationOutput, MusicGen
+
+__all__ = ["MusicGen", "GenerationOutput", "MusicGenError", "InvalidInputError", "CheckpointError", "DownloadError"]

@@ -1,0 +1,82 @@
+"""Command line: `python -m musicgen "lofi hip hop beat" --duration 8 -o out.wav`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from .errors import MusicGenError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m musicgen",
+        description="Generate music from text with a MusicGen checkpoint. Weights come from the Hugging Face "
+        "Hub on first use (then from the local HF cache) or from a local folder.",
+    )
+    p.add_argument("prompts", nargs="+", help="one or more text descriptions; \"\" for unconditional music")
+    p.add_argument("-o", "--output", default="out.wav",
+                   help="16-bit WAV file to write (several prompts: NAME-0.wav, NAME-1.wav, ...) [out.wav]")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds of audio, up to 30 [8]")
+    p.add_argument("--model", default="facebook/musicgen-small",
+                   help="Hub repo id or local checkpoint folder [facebook/musicgen-small]")
+    p.add_argument("--revision", default=None, help="Hub branch, tag or commit [main]")
+    p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible result [random]")
+    p.add_argument("--top-k", type=int, default=250, help="sample among the k most likely tokens; 0 = off [250]")
+    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass; > 0 overrides top-k [0]")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy [1.0]")
+    p.add_argument("--cfg-coef", type=float, default=3.0, help="classifier-free guidance strength [3.0]")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available, else cpu]")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="language-model precision [float16 on CUDA, float32 on CPU]")
+    return p
+
+
+def output_paths(output: str, n: int) -> list[Path]:
+    out = Path(output)
+    if out.suffix.lower() != ".wav":
+        out = out.with_suffix(out.suffix + ".wav") if out.suffix else out.with_suffix(".wav")
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from .pipeline import MusicGen  # after argument parsing so --help is instant
+
+    try:
+        t0 = time.perf_counter()
+        mg = MusicGen.from_pretrained(args.model, device=args.device, revision=args.revision,
+                                      dtype=DTYPES[args.dtype] if args.dtype else None)
+        print(f"loaded {args.model} on {mg.device} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        bar = tqdm(total=None, unit="step", desc="generating", file=sys.stderr)
+
+        def progress(step: int, total: int) -> None:
+            bar.total = total
+            bar.update(step - bar.n)
+
+        t0 = time.perf_counter()
+        out = mg.generate(args.prompts, args.duration, top_k=args.top_k, top_p=args.top_p,
+                          temperature=args.temperature, cfg_coef=args.cfg_coef, seed=args.seed, progress=progress)
+        bar.close()
+        elapsed = time.perf_counter() - t0
+    except MusicGenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, audio in zip(output_paths(args.output, len(args.prompts)), out.audio):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), audio.T.numpy(), out.sample_rate, subtype="PCM_16")
+        print(f"wrote {path}", file=sys.stderr)
+    seconds = out.audio.shape[-1] / out.sample_rate
+    print(f"seed {out.seed}; {seconds:.2f} s of audio in {elapsed:.1f} s "
+          f"(real-time factor {elapsed / seconds:.2f})", file=sys.stderr)
+    return 0

@@ -1,0 +1,60 @@
+"""The token loop: classifier-free guidance as one batched forward, delay pattern, sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .lm import LM, CrossKV, KVCache
+from .sampling import SamplingParams, delay_columns, sample, undelay
+
+Progress = Callable[[int, int], None]
+
+
+def decode_step(lm: LM, tokens: torch.Tensor, pos: int, cache: KVCache, cross: CrossKV, cfg_coef: float | None,
+                ) -> torch.Tensor:
+    """tokens [B, K] at position `pos` -> next-token logits [B, K, card] (guided when cfg_coef is set:
+    the batch runs as [cond; uncond] and logits = uncond + (cond - uncond) * cfg_coef)."""
+    x = tokens[:, :, None]
+    if cfg_coef is not None:
+        x = torch.cat([x, x], dim=0)
+    logits = lm(x, pos, cache, cross)[:, :, -1]
+    if cfg_coef is None:
+        return logits
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + (cond - uncond) * cfg_coef
+
+
+@torch.inference_mode()
+def generate_tokens(
+    lm: LM,
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    frames: int,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """text [B, L, D_text] T5 states, mask [B, L] -> codes [B, K, frames].
+
+    Runs frames + max(delay) steps; step s feeds sequence column s and fills column s + 1, forcing the
+    special token wherever the delay pattern has none."""
+    cfg = lm.cfg
+    B, K, device = text.shape[0], cfg.num_codebooks, text.device
+    delays = torch.tensor(cfg.delays, device=device)[None, :]  # [1, K]
+    steps = frames + max(cfg.delays)
+    guided = params.cfg_coef != 1.0  # at 1 the guided logits equal the conditional ones: skip the null batch
+    if guided:
+        text = torch.cat([text, torch.zeros_like(text)], dim=0)
+        mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
+    cross = lm.cross_kv(text, mask)
+    cache = KVCache.empty(cfg, text.shape[0], steps, device, lm.norm.weight.dtype)
+    seq = torch.full((B, K, steps + 1), cfg.card, dtype=torch.long, device=device)
+    for s in range(steps):
+        logits = decode_step(lm, seq[:, :, s], s, cache, cross, params.cfg_coef if guided else None)
+        nxt = sample(logits, params, generator)  # [B, K]
+        seq[:, :, s + 1] = torch.where(delay_columns(delays, frames, s + 1), nxt, cfg.card)
+        if progress is not None:
+            progress(s + 1, steps)
+    return undelay(seq, cfg.delays, frames)

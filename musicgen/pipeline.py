@@ -1,0 +1,188 @@
+"""`MusicGen`: load a checkpoint, turn prompts into tokens, tokens into audio."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from einops import rearrange
+
+from . import codec as codec_mod
+from . import lm as lm_mod
+from . import text as text_mod
+from .codec import EnCodec
+from .config import MusicGenConfig
+from .errors import InvalidInputError
+from .generate import Progress, generate_tokens
+from .hub import resolve
+from .lm import LM
+from .sampling import SamplingParams
+from .text import T5Encoder, TextTokenizer
+from .weights import Checkpoint
+
+MAX_DURATION = 30.0  # seconds: the window the released models were trained on (audiocraft max_duration)
+
+
+@dataclass
+class GenerationOutput:
+    audio: torch.Tensor  # [B, C, S] float32 in [-1, 1] on the CPU
+    tokens: torch.Tensor  # [B, K, frames] long on the CPU
+    sample_rate: int
+    seed: int  # the seed that reproduces this result
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class MusicGen:
+    """Text-to-music with a MusicGen checkpoint (mono or stereo, any size)."""
+
+    def __init__(self, cfg: MusicGenConfig, tokenizer: TextTokenizer, t5: T5Encoder, lm: LM, codec: EnCodec,
+                 device: torch.device, dtype: torch.dtype, name: str = "") -> None:
+        self.cfg, self.tokenizer, self.t5, self.lm, self.codec = cfg, tokenizer, t5, lm, codec
+        self.device, self.dtype, self.name = device, dtype, name
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, revision: str | None = None) -> MusicGen:
+        """A Hub repo id (e.g. "facebook/musicgen-small") or a local folder with the same files.
+        device: CUDA when available, else CPU. dtype (the LM's): float16 on CUDA, float32 on CPU; the
+        T5 encoder and EnCodec always run in float32."""
+        device = torch.device(device) if device is not None else default_device()
+        if dtype is None:
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+        folder = resolve(name_or_path, revision)
+        cfg = MusicGenConfig.from_file(folder / "config.json")
+        tokenizer = TextTokenizer(folder)
+        ckpt = Checkpoint(folder)
+        t5 = T5Encoder.from_checkpoint(cfg.text, ckpt, device)
+        lm = LM.from_checkpoint(cfg.lm, cfg.text.d_model, ckpt, device, dtype)
+        codec = EnCodec.from_checkpoint(cfg.codec, ckpt, device)
+        ckpt.check_all_used(lambda k: text_mod.is_ignored(k) or lm_mod.is_ignored(k) or codec_mod.is_ignored(k))
+        return cls(cfg, tokenizer, t5, lm, codec, device, dtype, str(name_or_path))
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.cfg.frame_rate
+
+    @property
+    def audio_channels(self) -> int:
+        return self.cfg.lm.audio_channels
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.cfg.lm.num_codebooks
+
+    @property
+    def max_duration(self) -> float:
+        return MAX_DURATION
+
+    # ---------------------------------------------------------------- stages
+    @torch.inference_mode()
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompts -> T5 states [B, L, d_text] and mask [B, L] (empty prompts fully masked)."""
+        ids, mask = self.tokenizer(prompts)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return self.t5(ids, mask), mask
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, K, T] -> audio [B, C, T * 640] float32 in [-1, 1] on the CPU."""
+        tokens = self._check_tokens(tokens)
+        C = self.audio_channels
+        codes = rearrange(tokens.to(self.device), "b (q c) t -> (b c) q t", c=C)  # stereo: L0 R0 L1 R1 ...
+        audio = self.codec.decode(codes)
+        return rearrange(audio, "(b c) 1 s -> b c s", c=C).clamp(-1.0, 1.0).float().cpu()
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        duration: float,
+        *,
+        top_k: int = 250,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        cfg_coef: float = 3.0,
+        seed: int | None = None,
+        progress: Progress | None = None,
+    ) -> GenerationOutput:
+        """Generate `duration` seconds of music for each prompt ("" = unconditional).
+
+        temperature 0 is greedy; top_p > 0 overrides top_k; `seed` makes the result reproducible (the
+        seed used is returned either way); `progress(step, total)` is called after every decode step."""
+        prompts = self._check_prompts(prompts)
+        frames = self._check_duration(duration)
+        params = self._check_sampling(top_k, top_p, temperature, cfg_coef)
+        if seed is None:
+            seed = secrets.randbits(63)
+        elif not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        generator = torch.Generator(self.device).manual_seed(seed)
+        text, mask = self.encode_text(prompts)
+        tokens = generate_tokens(self.lm, text, mask, frames, params, generator, progress)
+        return GenerationOutput(self.decode(tokens), tokens.cpu(), self.sample_rate, seed)
+
+    # ---------------------------------------------------------------- validation
+    @staticmethod
+    def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, Sequence) or len(prompts) == 0:
+            raise InvalidInputError("prompts must be a non-empty list of strings")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise InvalidInputError(f"prompt {i} is a {type(p).__name__}, not a string")
+        return list(prompts)
+
+    def _check_duration(self, duration: float) -> int:
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):
+            raise InvalidInputError(f"duration must be a finite number of seconds, got {duration!r}")
+        if duration <= 0:
+            raise InvalidInputError(f"duration must be positive, got {duration}")
+        if duration > self.max_duration:
+            raise InvalidInputError(f"duration {duration} s is beyond the model's {self.max_duration:g} s window")
+        frames = round(duration * self.frame_rate)
+        if frames < 1:
+            raise InvalidInputError(f"duration {duration} s is shorter than one frame ({1 / self.frame_rate} s)")
+        return frames
+
+    @staticmethod
+    def _check_sampling(top_k: int, top_p: float, temperature: float, cfg_coef: float) -> SamplingParams:
+        def number(name: str, v: object) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InvalidInputError(f"{name} must be a finite number, got {v!r}")
+            return float(v)
+
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise InvalidInputError(f"top_k must be a non-negative integer (0 = off), got {top_k!r}")
+        if not 0.0 <= number("top_p", top_p) <= 1.0:
+            raise InvalidInputError(f"top_p must be in [0, 1] (0 = off), got {top_p}")
+        if number("temperature", temperature) < 0:
+            raise InvalidInputError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if number("cfg_coef", cfg_coef) < 0:
+            raise InvalidInputError(f"cfg_coef must be >= 0, got {cfg_coef}")
+        return SamplingParams(top_k, float(top_p), float(temperature), float(cfg_coef))
+
+    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
+            raise InvalidInputError("tokens must be a tensor of shape [B, K, T]")
+        if tokens.shape[1] != self.num_codebooks:
+            raise InvalidInputError(f"tokens have {tokens.shape[1]} codebooks, this model uses {self.num_codebooks}")
+        if tokens.is_floating_point() or tokens.is_complex():
+            raise InvalidInputError("tokens must be integers")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.codec.codebook_size):
+            raise InvalidInputError(f"tokens must be in [0, {self.cfg.codec.codebook_size})")
+        if tokens.shape[-1] == 0:
+            raise InvalidInputError("tokens have no frames")
+        return tokens.long()

@@ -1,0 +1,150 @@
+"""Reading a checkpoint's safetensors files (single or sharded) into our modules.
+
+Each model module declares one explicit mapping from its own parameter names to checkpoint keys
+(`Source`s below). `load_module` builds nothing itself: it takes a module constructed on the meta
+device, fetches every tensor its state dict needs (checking the shape against the module), converts
+it to the target device / dtype one tensor at a time (so peak memory stays near one copy of the
+weights) and assigns it. `Checkpoint.check_all_used` then proves no key was left unread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .errors import CheckpointError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class WeightNorm:
+    """A weight-normed conv weight w = g * v / ||v|| (norm over every dim but 0), stored either as
+    `{prefix}.weight_g/_v` (older files, e.g. the Hub's) or
+    `{prefix}.parametrizations.weight.original0/1` (what current transformers writes)."""
+
+    prefix: str
+
+
+@dataclass(frozen=True)
+class Cat:
+    """Several checkpoint tensors concatenated along `dim` into one of ours (e.g. fused q/k/v)."""
+
+    keys: tuple[str, ...]
+    dim: int = 0
+
+
+Source = str | WeightNorm | Cat
+
+
+class Checkpoint:
+    """Lazy access to the tensors of `model.safetensors` or its shards, recording what was read."""
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        index = folder / INDEX_FILE
+        if index.is_file():
+            try:
+                weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+            except (OSError, ValueError, KeyError) as e:
+                raise CheckpointError(f"{index} is not a valid safetensors index: {e}") from e
+            files = sorted(set(weight_map.values()))
+        elif (folder / SINGLE_FILE).is_file():
+            files = [SINGLE_FILE]
+        else:
+            raise CheckpointError(
+                f"no safetensors weights in {folder} (expected {SINGLE_FILE} or {INDEX_FILE}); "
+                "pickle weights (*.bin, *.pt) are never loaded for safety"
+            )
+        self.folder = folder
+        self._files: dict[str, object] = {}
+        self._where: dict[str, str] = {}
+        for name in files:
+            path = folder / name
+            if not path.is_file():
+                raise CheckpointError(f"checkpoint shard {path} is missing")
+            try:
+                handle = safe_open(str(path), framework="pt", device="cpu")
+            except Exception as e:  # safetensors raises its own error types for corrupt headers
+                raise CheckpointError(f"cannot read {path}: {e}") from e
+            self._files[name] = handle
+            for key in handle.keys():
+                self._where[key] = name
+        self.used: set[str] = set()
+
+    def keys(self) -> set[str]:
+        return set(self._where)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def tensor(self, key: str) -> torch.Tensor:
+        if key not in self._where:
+            raise CheckpointError(f"checkpoint in {self.folder} is missing tensor {key!r}")
+        self.used.add(key)
+        try:
+            return self._files[self._where[key]].get_tensor(key)  # type: ignore[attr-defined]
+        except Exception as e:
+            raise CheckpointError(f"cannot read tensor {key!r} from {self.folder}: {e}") from e
+
+    def fetch(self, source: Source) -> torch.Tensor:
+        if isinstance(source, str):
+            return self.tensor(source)
+        if isinstance(source, Cat):
+            return torch.cat([self.tensor(k) for k in source.keys], dim=source.dim)
+        p = source.prefix
+        pw = f"{p}.parametrizations.weight"
+        for g_key, v_key in ((f"{p}.weight_g", f"{p}.weight_v"), (f"{pw}.original0", f"{pw}.original1")):
+            if g_key in self and v_key in self:
+                g, v = self.tensor(g_key).float(), self.tensor(v_key).float()
+                if g.numel() != v.shape[0]:
+                    raise CheckpointError(f"tensor {g_key!r} has shape {tuple(g.shape)}, "
+                                          f"expected {v.shape[0]} elements to match {v_key!r}")
+                norm = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+                return v * (g.view_as(norm) / norm)
+        if f"{p}.weight" in self:
+            return self.tensor(f"{p}.weight")
+        raise CheckpointError(f"checkpoint in {self.folder} is missing tensor {p}.weight_g / {p}.weight_v "
+                              f"(or {p}.parametrizations.weight.original0 / original1)")
+
+    def check_all_used(self, ignored: Callable[[str], bool]) -> None:
+        """Every key must have been read or be explicitly ignorable: a left-over key means a part of the
+        model we would silently drop."""
+        left = sorted(k for k in self._where if k not in self.used and not ignored(k))
+        if left:
+            shown = ", ".join(left[:8]) + (" ..." if len(left) > 8 else "")
+            raise CheckpointError(f"checkpoint in {self.folder} has {len(left)} tensor(s) this engine "
+                                  f"does not understand: {shown}")
+
+
+def load_module(
+    module: nn.Module,
+    ckpt: Checkpoint,
+    source_of: Callable[[str], Source],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> nn.Module:
+    """Fill `module` (built on the meta device) from `ckpt`. `source_of(name)` maps each of the module's
+    state-dict names to where it lives in the checkpoint. Floating tensors become `dtype`."""
+    expected = module.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    for name in expected:
+        source = source_of(name)
+        t = ckpt.fetch(source)
+        want = tuple(expected[name].shape)
+        if tuple(t.shape) != want:
+            raise CheckpointError(f"tensor {source} has shape {tuple(t.shape)}, expected {want}")
+        if t.is_floating_point():
+            t = t.to(dtype)
+        state[name] = t.to(device)
+        if not state[name].is_contiguous():
+            state[name] = state[name].contiguous()
+    module.load_state_dict(state, strict=True, assign=True)
+    return module.requires_grad_(False)  # inference only: no autograd bookkeeping

@@ -1,0 +1,99 @@
+"""The public API contract: shapes, defaults, bad input, and the command line."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from musicgen import GenerationOutput, InvalidInputError, MusicGen
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_output_contract(small: MusicGen) -> None:
+    out = small.generate(["lofi", "synthwave", ""], 0.25, seed=3)
+    assert isinstance(out, GenerationOutput)
+    assert out.sample_rate == small.sample_rate == 32000
+    assert out.tokens.dtype == torch.long and out.tokens.shape == (3, 4, round(0.25 * 50))
+    assert out.audio.dtype == torch.float32 and out.audio.shape == (3, small.audio_channels, 12 * 640)
+    assert out.audio.abs().max() <= 1.0
+    torch.testing.assert_close(small.decode(out.tokens), out.audio)
+    assert small.generate("just one string", 0.1, seed=1).tokens.shape[0] == 1
+
+
+def test_defaults_are_audiocraft_s() -> None:
+    import inspect
+
+    kw = inspect.signature(MusicGen.generate).parameters
+    assert (kw["top_k"].default, kw["top_p"].default, kw["temperature"].default, kw["cfg_coef"].default) == (
+        250, 0.0, 1.0, 3.0)
+
+
+BAD_INPUTS = [
+    ({"duration": 0}, "duration must be positive"),
+    ({"duration": -1.0}, "duration must be positive"),
+    ({"duration": math.nan}, "finite"),
+    ({"duration": math.inf}, "finite"),
+    ({"duration": "5"}, "finite"),
+    ({"duration": 30.5}, "30 s window"),
+    ({"duration": 0.001}, "shorter than one frame"),
+    ({"top_k": -1}, "top_k"),
+    ({"top_k": 2.5}, "top_k"),
+    ({"temperature": -0.1}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_p": -0.1}, "top_p"),
+    ({"cfg_coef": math.nan}, "cfg_coef"),
+    ({"seed": -1}, "seed"),
+    ({"prompts": []}, "non-empty list"),
+    ({"prompts": ["ok", 3]}, "prompt 1 is a int"),
+    ({"prompts": None}, "non-empty list"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_INPUTS)
+def test_bad_input_raises_value_error(small: MusicGen, change: dict, message: str) -> None:
+    kwargs = {"prompts": ["a"], "duration": 0.1, **change}
+    with pytest.raises(InvalidInputError, match=message) as info:
+        small.generate(kwargs.pop("prompts"), kwargs.pop("duration"), **kwargs)
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_tokens(small: MusicGen) -> None:
+    with pytest.raises(InvalidInputError, match="codebooks"):
+        small.decode(torch.zeros(1, 3, 5, dtype=torch.long))
+    with pytest.raises(InvalidInputError, match=r"\[0, 2048\)"):
+        small.decode(torch.full((1, 4, 5), 2048))
+    with pytest.raises(InvalidInputError, match="integers"):
+        small.decode(torch.zeros(1, 4, 5))
+
+
+def test_cli_writes_a_16_bit_wav(checkpoints, tmp_path: Path) -> None:
+    out = tmp_path / "song.wav"
+    proc = subprocess.run(
+        [sys.executable, "-m", "musicgen", "lofi hip hop beat", "--duration", "0.5", "--model",
+         str(checkpoints["current"][1]), "--seed", "1", "-o", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (32000, 1, 25 * 640, "PCM_16")
+    assert "seed 1" in proc.stderr and "real-time factor" in proc.stderr
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "musicgen", "x", "--model", str(tmp_path / "missing")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_cli_help_documents_every_option() -> None:
+    proc = subprocess.run([sys.executable, "-m", "musicgen", "--help"], cwd=ROOT, capture_output=True, text=True)
+    for flag in ("--duration", "--model", "--seed", "--top-k", "--top-p", "--temperature", "--cfg-coef",
+                 "--device", "--dtype", "--revision", "--output"):
+        assert flag in proc.stdout

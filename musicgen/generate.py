@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -26,7 +26,45 @@ def decode_step(lm: LM, tokens: torch.Tensor, pos: int, cache: KVCache, cross: C
     return uncond + (cond - uncond) * cfg_coef
 
 
-@torch.inference_mode()
+def iter_steps(
+    lm: LM,
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    frames: int,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """text [B, L, D_text] T5 states, mask [B, L] -> yields (step, total, seq) after every decode step;
+    seq [B, K, 1 + total] is the delayed token sequence, filled up to column `step`.
+
+    Runs frames + max(delay) steps; step s feeds sequence column s and fills column s + 1, forcing the
+    special token wherever the delay pattern has none. `undelay(seq, delays, frames)` at the end (or
+    `complete_frames(step)` frames of it on the way) gives the codes."""
+    cfg = lm.cfg
+    B, K, device = text.shape[0], cfg.num_codebooks, text.device
+    delays = torch.tensor(cfg.delays, device=device)[None, :]  # [1, K]
+    steps = frames + max(cfg.delays)
+    guided = params.cfg_coef != 1.0  # at 1 the guided logits equal the conditional ones: skip the null batch
+    with torch.inference_mode():
+        if guided:
+            text = torch.cat([text, torch.zeros_like(text)], dim=0)
+            mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
+        cross = lm.cross_kv(text, mask)
+        cache = KVCache.empty(cfg, text.shape[0], steps, device, lm.norm.weight.dtype)
+        seq = torch.full((B, K, steps + 1), cfg.card, dtype=torch.long, device=device)
+    for s in range(steps):
+        with torch.inference_mode():
+            logits = decode_step(lm, seq[:, :, s], s, cache, cross, params.cfg_coef if guided else None)
+            nxt = sample(logits, params, generator)  # [B, K]
+            seq[:, :, s + 1] = torch.where(delay_columns(delays, frames, s + 1), nxt, cfg.card)
+        yield s + 1, steps, seq
+
+
+def complete_frames(step: int, delays: tuple[int, ...], frames: int) -> int:
+    """How many frames have all their codebooks filled after `step` decode steps."""
+    return max(0, min(frames, step - max(delays)))
+
+
 def generate_tokens(
     lm: LM,
     text: torch.Tensor,
@@ -36,25 +74,11 @@ def generate_tokens(
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """text [B, L, D_text] T5 states, mask [B, L] -> codes [B, K, frames].
-
-    Runs frames + max(delay) steps; step s feeds sequence column s and fills column s + 1, forcing the
-    special token wherever the delay pattern has none."""
-    cfg = lm.cfg
-    B, K, device = text.shape[0], cfg.num_codebooks, text.device
-    delays = torch.tensor(cfg.delays, device=device)[None, :]  # [1, K]
-    steps = frames + max(cfg.delays)
-    guided = params.cfg_coef != 1.0  # at 1 the guided logits equal the conditional ones: skip the null batch
-    if guided:
-        text = torch.cat([text, torch.zeros_like(text)], dim=0)
-        mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
-    cross = lm.cross_kv(text, mask)
-    cache = KVCache.empty(cfg, text.shape[0], steps, device, lm.norm.weight.dtype)
-    seq = torch.full((B, K, steps + 1), cfg.card, dtype=torch.long, device=device)
-    for s in range(steps):
-        logits = decode_step(lm, seq[:, :, s], s, cache, cross, params.cfg_coef if guided else None)
-        nxt = sample(logits, params, generator)  # [B, K]
-        seq[:, :, s + 1] = torch.where(delay_columns(delays, frames, s + 1), nxt, cfg.card)
+    """text [B, L, D_text] T5 states, mask [B, L] -> codes [B, K, frames]."""
+    seq = None
+    for step, total, seq_so_far in iter_steps(lm, text, mask, frames, params, generator):
+        seq = seq_so_far
         if progress is not None:
-            progress(s + 1, steps)
-    return undelay(seq, cfg.delays, frames)
+            progress(step, total)
+    assert seq is not None
+    return undelay(seq, lm.cfg.delays, frames)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +17,10 @@ from . import text as text_mod
 from .codec import EnCodec
 from .config import MusicGenConfig
 from .errors import InvalidInputError
-from .generate import Progress, generate_tokens
+from .generate import Progress, complete_frames, generate_tokens, iter_steps
 from .hub import resolve
 from .lm import LM
-from .sampling import SamplingParams
+from .sampling import SamplingParams, undelay
 from .text import T5Encoder, TextTokenizer
 from .weights import Checkpoint
 
@@ -33,6 +33,15 @@ class GenerationOutput:
     tokens: torch.Tensor  # [B, K, frames] long on the CPU
     sample_rate: int
     seed: int  # the seed that reproduces this result
+
+
+@dataclass
+class StreamStep:
+    """One decode step of `MusicGen.stream`: `tokens` holds every frame complete so far [B, K, n]."""
+
+    step: int
+    total: int
+    tokens: torch.Tensor
 
 
 def default_device() -> torch.device:
@@ -121,6 +130,38 @@ class MusicGen:
 
         temperature 0 is greedy; top_p > 0 overrides top_k; `seed` makes the result reproducible (the
         seed used is returned either way); `progress(step, total)` is called after every decode step."""
+        text, mask, frames, params, generator, seed = self._prepare(prompts, duration, top_k, top_p, temperature,
+                                                                    cfg_coef, seed)
+        tokens = generate_tokens(self.lm, text, mask, frames, params, generator, progress)
+        return GenerationOutput(self.decode(tokens), tokens.cpu(), self.sample_rate, seed)
+
+    def stream(
+        self,
+        prompts: str | Sequence[str],
+        duration: float,
+        *,
+        top_k: int = 250,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        cfg_coef: float = 3.0,
+        seed: int | None = None,
+    ) -> Iterator[StreamStep | GenerationOutput]:
+        """`generate` as an iterator: a `StreamStep` after every decode step (with the frames complete so
+        far, for progressive decoding), then the `GenerationOutput`. Stop iterating to cancel."""
+        text, mask, frames, params, generator, seed = self._prepare(prompts, duration, top_k, top_p, temperature,
+                                                                    cfg_coef, seed)
+        delays = self.cfg.lm.delays
+        seq = None
+        for step, total, seq in iter_steps(self.lm, text, mask, frames, params, generator):
+            n = complete_frames(step, delays, frames)
+            yield StreamStep(step, total, undelay(seq, delays, n).cpu())
+        assert seq is not None
+        tokens = undelay(seq, delays, frames)
+        yield GenerationOutput(self.decode(tokens), tokens.cpu(), self.sample_rate, seed)
+
+    def _prepare(self, prompts: str | Sequence[str], duration: float, top_k: int, top_p: float, temperature: float,
+                 cfg_coef: float, seed: int | None) -> tuple:
+        """Validate everything before any work, then encode the text."""
         prompts = self._check_prompts(prompts)
         frames = self._check_duration(duration)
         params = self._check_sampling(top_k, top_p, temperature, cfg_coef)
@@ -130,8 +171,7 @@ class MusicGen:
             raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         generator = torch.Generator(self.device).manual_seed(seed)
         text, mask = self.encode_text(prompts)
-        tokens = generate_tokens(self.lm, text, mask, frames, params, generator, progress)
-        return GenerationOutput(self.decode(tokens), tokens.cpu(), self.sample_rate, seed)
+        return text, mask, frames, params, generator, seed
 
     # ---------------------------------------------------------------- validation
     @staticmethod

@@ -46,7 +46,9 @@ class TextTokenizer:
         self.tok.no_padding()
 
     def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> ids [B, L] long, mask [B, L] bool. An empty prompt gets an all-False mask (unconditional)."""
+        """-> ids [B, L] long, mask [B, L] bool. An empty prompt gets an all-False mask (unconditional).
+        Whitespace is collapsed first, as the T5 tokenizer's WhitespaceSplit pre-tokenizer does."""
+        prompts = [" ".join(p.split()) for p in prompts]
         encs = self.tok.encode_batch(prompts)
         ids_list: list[list[int]] = []
         for prompt, enc in zip(prompts, encs):

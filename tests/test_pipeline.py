@@ -97,3 +97,20 @@ def test_cli_help_documents_every_option() -> None:
     for flag in ("--duration", "--model", "--seed", "--top-k", "--top-p", "--temperature", "--cfg-coef",
                  "--device", "--dtype", "--revision", "--output"):
         assert flag in proc.stdout
+
+
+def test_stream_yields_growing_prefixes_then_the_generate_result(small: MusicGen) -> None:
+    events = list(small.stream(["lofi", "jazz"], 0.2, seed=11))
+    *steps, final = events
+    assert isinstance(final, GenerationOutput)
+    assert torch.equal(final.tokens, small.generate(["lofi", "jazz"], 0.2, seed=11).tokens)
+    assert [e.step for e in steps] == list(range(1, 10 + 4)) and {e.total for e in steps} == {13}
+    sizes = [e.tokens.shape[-1] for e in steps]
+    assert sizes == [0, 0, 0] + list(range(1, 11))  # a frame is complete once its last codebook is in
+    for e in steps:
+        assert torch.equal(e.tokens, final.tokens[..., : e.tokens.shape[-1]])
+
+
+def test_stream_validates_before_working(small: MusicGen) -> None:
+    with pytest.raises(InvalidInputError, match="duration"):
+        next(small.stream(["a"], -1))

@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from .errors import MusicGenError
+from .errors import InvalidInputError, MusicGenError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -34,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass; > 0 overrides top-k [0]")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy [1.0]")
     p.add_argument("--cfg-coef", type=float, default=3.0, help="classifier-free guidance strength [3.0]")
+    p.add_argument("--melody", default=None, metavar="FILE",
+                   help="audio file (wav/flac/ogg/mp3) whose tune conditions a melody checkpoint, e.g. "
+                   "--model facebook/musicgen-melody; only its first 30 s are used")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available, else cpu]")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="language-model precision [float16 on CUDA, float32 on CPU]")
@@ -49,11 +52,21 @@ def output_paths(output: str, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
 
 
+def read_melody(path: str) -> tuple[object, int]:
+    """An audio file -> ([channels, samples] float32 array, sample rate), with a readable error."""
+    try:
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+    except (OSError, RuntimeError, sf.LibsndfileError) as e:
+        raise InvalidInputError(f"cannot read melody file {path}: {e}") from e
+    return data.T, sr
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from .pipeline import MusicGen  # after argument parsing so --help is instant
 
     try:
+        melody = read_melody(args.melody) if args.melody else None
         t0 = time.perf_counter()
         mg = MusicGen.from_pretrained(args.model, device=args.device, revision=args.revision,
                                       dtype=DTYPES[args.dtype] if args.dtype else None)
@@ -66,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
         t0 = time.perf_counter()
         out = mg.generate(args.prompts, args.duration, top_k=args.top_k, top_p=args.top_p,
-                          temperature=args.temperature, cfg_coef=args.cfg_coef, seed=args.seed, progress=progress)
+                          temperature=args.temperature, cfg_coef=args.cfg_coef, seed=args.seed, progress=progress,
+                          melody=melody)
         bar.close()
         elapsed = time.perf_counter() - t0
     except MusicGenError as e:

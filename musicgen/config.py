@@ -141,6 +141,7 @@ class LMConfig:
     audio_channels: int
     max_positions: int
     scale_embedding: bool
+    cross_attention: bool = True  # text through cross-attention (False: melody models' conditioning prefix)
 
     @property
     def head_dim(self) -> int:
@@ -152,7 +153,7 @@ class LMConfig:
         return tuple(k // self.audio_channels for k in range(self.num_codebooks))
 
     @classmethod
-    def from_hf_config(cls, d: dict[str, Any]) -> LMConfig:
+    def from_hf_config(cls, d: dict[str, Any], cross_attention: bool = True) -> LMConfig:
         act = _get(d, "activation_function", "gelu")
         if act != "gelu":
             raise CheckpointError(f"config.json: unsupported decoder activation {act!r}")
@@ -169,6 +170,7 @@ class LMConfig:
             audio_channels=channels,
             max_positions=_get(d, "max_position_embeddings", 2048),
             scale_embedding=_get(d, "scale_embedding", False),
+            cross_attention=cross_attention,
         )
         if cfg.dim % cfg.num_heads:
             raise CheckpointError("config.json: decoder hidden_size is not divisible by num_attention_heads")
@@ -176,10 +178,35 @@ class LMConfig:
 
 
 @dataclass(frozen=True)
+class MelodyConfig:
+    """Chroma conditioning of the melody models: config.json's num_chroma / chroma_length and the feature
+    extractor's STFT settings (preprocessor_config.json; defaults are transformers' and audiocraft's)."""
+
+    num_chroma: int = 12
+    chroma_length: int = 235  # frames of chroma in the prefix: 30 s at 32 kHz / hop 4096, rounded
+    sample_rate: int = 32000
+    n_fft: int = 16384
+    hop_length: int = 4096
+    max_seconds: float = 30.0  # melody audio beyond this is not used (feature extractor chunk_length)
+
+    @classmethod
+    def from_hf_config(cls, d: dict[str, Any], pre: dict[str, Any]) -> MelodyConfig:
+        return cls(
+            num_chroma=_get(d, "num_chroma", 12),
+            chroma_length=_get(d, "chroma_length", 235),
+            sample_rate=_get(pre, "sampling_rate", 32000),
+            n_fft=_get(pre, "n_fft", 16384),
+            hop_length=_get(pre, "hop_length", 4096),
+            max_seconds=_get(pre, "chunk_length", 30),
+        )
+
+
+@dataclass(frozen=True)
 class MusicGenConfig:
     text: T5Config
     codec: CodecConfig
     lm: LMConfig
+    melody: MelodyConfig | None = None  # set for chroma-conditioned (melody) checkpoints
 
     @property
     def sample_rate(self) -> int:
@@ -190,19 +217,19 @@ class MusicGenConfig:
         return self.codec.frame_rate
 
     @classmethod
-    def from_hf_config(cls, d: dict[str, Any]) -> MusicGenConfig:
+    def from_hf_config(cls, d: dict[str, Any], preprocessor: dict[str, Any] | None = None) -> MusicGenConfig:
         model_type = d.get("model_type")
-        if model_type == MELODY_CONDITIONED:
-            raise CheckpointError("melody (chroma-conditioned) checkpoints are not supported yet")
-        if model_type != TEXT_CONDITIONED:
+        if model_type not in (TEXT_CONDITIONED, MELODY_CONDITIONED):
             raise CheckpointError(f"config.json: model_type {model_type!r} is not a MusicGen checkpoint")
         for part in ("text_encoder", "audio_encoder", "decoder"):
             if not isinstance(d.get(part), dict):
                 raise CheckpointError(f"config.json: missing section {part!r}")
+        melody = model_type == MELODY_CONDITIONED
         cfg = cls(
             text=T5Config.from_hf_config(d["text_encoder"]),
             codec=CodecConfig.from_hf_config(d["audio_encoder"]),
-            lm=LMConfig.from_hf_config(d["decoder"]),
+            lm=LMConfig.from_hf_config(d["decoder"], cross_attention=not melody),
+            melody=MelodyConfig.from_hf_config(d, preprocessor or {}) if melody else None,
         )
         if cfg.codec.channels != 1:
             raise CheckpointError("config.json: MusicGen needs a mono EnCodec (audio_channels 1)")
@@ -216,9 +243,18 @@ class MusicGenConfig:
         return cfg
 
     @classmethod
-    def from_file(cls, path: str | Path) -> MusicGenConfig:
-        try:
-            d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read {path}: {e}") from e
-        return cls.from_hf_config(d)
+    def from_folder(cls, folder: str | Path) -> MusicGenConfig:
+        """config.json (+ preprocessor_config.json for melody models) of a checkpoint folder."""
+        folder = Path(folder)
+        pre = folder / "preprocessor_config.json"
+        return cls.from_hf_config(_read_json(folder / "config.json"), _read_json(pre) if pre.is_file() else None)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return d

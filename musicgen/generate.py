@@ -6,20 +6,20 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .lm import LM, CrossKV, KVCache
+from .lm import LM, Condition, KVCache
 from .sampling import SamplingParams, delay_columns, sample, undelay
 
 Progress = Callable[[int, int], None]
 
 
-def decode_step(lm: LM, tokens: torch.Tensor, pos: int, cache: KVCache, cross: CrossKV, cfg_coef: float | None,
+def decode_step(lm: LM, tokens: torch.Tensor, pos: int, cache: KVCache, cond: Condition, cfg_coef: float | None,
                 ) -> torch.Tensor:
     """tokens [B, K] at position `pos` -> next-token logits [B, K, card] (guided when cfg_coef is set:
     the batch runs as [cond; uncond] and logits = uncond + (cond - uncond) * cfg_coef)."""
     x = tokens[:, :, None]
     if cfg_coef is not None:
         x = torch.cat([x, x], dim=0)
-    logits = lm(x, pos, cache, cross)[:, :, -1]
+    logits = lm(x, pos, cache, cond)[:, :, -1]
     if cfg_coef is None:
         return logits
     cond, uncond = logits.chunk(2, dim=0)
@@ -33,8 +33,10 @@ def iter_steps(
     frames: int,
     params: SamplingParams,
     generator: torch.Generator | None = None,
+    chroma: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """text [B, L, D_text] T5 states, mask [B, L] -> yields (step, total, seq) after every decode step;
+    """text [B, L, D_text] T5 states, mask [B, L] (+ one-hot chroma [B, C, 12] for melody models) -> yields
+    (step, total, seq) after every decode step;
     seq [B, K, 1 + total] is the delayed token sequence, filled up to column `step`.
 
     Runs frames + max(delay) steps; step s feeds sequence column s and fills column s + 1, forcing the
@@ -46,15 +48,14 @@ def iter_steps(
     steps = frames + max(cfg.delays)
     guided = params.cfg_coef != 1.0  # at 1 the guided logits equal the conditional ones: skip the null batch
     with torch.inference_mode():
-        if guided:
-            text = torch.cat([text, torch.zeros_like(text)], dim=0)
-            mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
-        cross = lm.cross_kv(text, mask)
-        cache = KVCache.empty(cfg, text.shape[0], steps, device, lm.norm.weight.dtype)
+        cond = lm.condition(text, mask, guided, chroma)
+        P = cond.prefix_len  # melody models read their conditioning prefix first
+        cache = KVCache.empty(cfg, B * (2 if guided else 1), P + steps, device, lm.dtype)
+        lm.prefill(cond, cache)
         seq = torch.full((B, K, steps + 1), cfg.card, dtype=torch.long, device=device)
     for s in range(steps):
         with torch.inference_mode():
-            logits = decode_step(lm, seq[:, :, s], s, cache, cross, params.cfg_coef if guided else None)
+            logits = decode_step(lm, seq[:, :, s], P + s, cache, cond, params.cfg_coef if guided else None)
             nxt = sample(logits, params, generator)  # [B, K]
             seq[:, :, s + 1] = torch.where(delay_columns(delays, frames, s + 1), nxt, cfg.card)
         yield s + 1, steps, seq
@@ -73,10 +74,11 @@ def generate_tokens(
     params: SamplingParams,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
+    chroma: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """text [B, L, D_text] T5 states, mask [B, L] -> codes [B, K, frames]."""
     seq = None
-    for step, total, seq_so_far in iter_steps(lm, text, mask, frames, params, generator):
+    for step, total, seq_so_far in iter_steps(lm, text, mask, frames, params, generator, chroma):
         seq = seq_so_far
         if progress is not None:
             progress(step, total)

@@ -20,6 +20,7 @@ from .weights import Cat, Checkpoint, Source, load_module
 PREFIX = "decoder.model.decoder."
 HEADS_PREFIX = "decoder.lm_heads."
 PROJ_PREFIX = "enc_to_dec_proj."
+CHROMA_PROJ_PREFIX = "audio_enc_to_dec_proj."  # melody models: one-hot chroma -> width
 SINUSOID_BASE = 10000.0  # transformers' MusicgenSinusoidalPositionalEmbedding / audiocraft
 
 
@@ -33,10 +34,16 @@ def sinusoid(positions: int, dim: int) -> torch.Tensor:
 
 @dataclass
 class KVCache:
-    """Preallocated self-attention keys / values for every layer: [layers, B, H, T_max, head_dim]."""
+    """Preallocated self-attention keys / values for every layer: [layers, B, H, T_max, head_dim].
+
+    With a conditioning prefix (melody models) whose rows have different text lengths, `valid` [B, T_max]
+    marks the slots that may be attended (text padding is not) and `shift` [B] turns a slot index into
+    that row's position, so a row attends and counts positions as if it were alone in the batch."""
 
     k: torch.Tensor
     v: torch.Tensor
+    valid: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, cfg: LMConfig, batch: int, length: int, device: torch.device, dtype: torch.dtype) -> KVCache:
@@ -45,12 +52,30 @@ class KVCache:
 
 
 @dataclass
-class CrossKV:
-    """Text conditioning projected once per generation: per-layer keys / values and the padding bias."""
+class Condition:
+    """Conditioning computed once per generation. Text-conditioned models: per-layer cross-attention keys /
+    values and the text padding bias. Melody models: a prefix [chroma | text] the LM reads before the audio."""
 
-    k: list[torch.Tensor]  # each [B, H, L, head_dim]
-    v: list[torch.Tensor]
-    bias: torch.Tensor  # [B, 1, 1, L]: 0 where attended, finfo.min on padding
+    k: list[torch.Tensor] | None = None  # each [B, H, L, head_dim]
+    v: list[torch.Tensor] | None = None
+    bias: torch.Tensor | None = None  # [B, 1, 1, L]: 0 where attended, finfo.min on padding
+    prefix: torch.Tensor | None = None  # [B, P, D]
+    prefix_valid: torch.Tensor | None = None  # [B, P] bool
+
+    @property
+    def prefix_len(self) -> int:
+        return 0 if self.prefix is None else self.prefix.shape[1]
+
+
+def self_attn_mask(cache: KVCache, pos: int, T: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean mask [B or 1, 1, T, pos + T] for queries at slots pos..pos+T-1 (None: attend to all)."""
+    causal = None
+    if T > 1:
+        causal = torch.arange(pos + T, device=device)[None, :] <= pos + torch.arange(T, device=device)[:, None]
+    if cache.valid is None:
+        return None if causal is None else causal[None, None]
+    keys = cache.valid[:, None, None, : pos + T]
+    return keys if causal is None else keys & causal[None, None]
 
 
 class SelfAttention(nn.Module):
@@ -60,19 +85,13 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, pos: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.h, self.hd).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
         k_cache[:, :, pos : pos + T] = k
         v_cache[:, :, pos : pos + T] = v
-        k, v = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]
-        if T == 1:  # one new query sees everything cached so far
-            y = F.scaled_dot_product_attention(q, k, v)
-        elif pos == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # a chunk after a cached prefix: query i sits at absolute position pos + i
-            mask = torch.arange(pos + T, device=x.device)[None, :] <= pos + torch.arange(T, device=x.device)[:, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = F.scaled_dot_product_attention(q, k_cache[:, :, : pos + T], v_cache[:, :, : pos + T], attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -102,27 +121,30 @@ class Layer(nn.Module):
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(cfg.dim, eps=1e-5)
         self.self_attn = SelfAttention(cfg)
-        self.cross_attn_norm = nn.LayerNorm(cfg.dim, eps=1e-5)
-        self.cross_attn = CrossAttention(cfg)
+        if cfg.cross_attention:
+            self.cross_attn_norm = nn.LayerNorm(cfg.dim, eps=1e-5)
+            self.cross_attn = CrossAttention(cfg)
         self.ffn_norm = nn.LayerNorm(cfg.dim, eps=1e-5)
         self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, pos: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                ck: torch.Tensor, cv: torch.Tensor, cbias: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.self_attn_norm(x), pos, k_cache, v_cache)
-        x = x + self.cross_attn(self.cross_attn_norm(x), ck, cv, cbias)
+    def forward(self, x: torch.Tensor, i: int, pos: int, cache: KVCache, mask: torch.Tensor | None,
+                cond: Condition) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_norm(x), pos, cache.k[i], cache.v[i], mask)
+        if cond.k is not None:
+            x = x + self.cross_attn(self.cross_attn_norm(x), cond.k[i], cond.v[i], cond.bias)
         return x + self.fc2(F.gelu(self.fc1(self.ffn_norm(x))))
 
 
 class LM(nn.Module):
-    def __init__(self, cfg: LMConfig, text_dim: int):
+    def __init__(self, cfg: LMConfig, text_dim: int, num_chroma: int | None = None):
         super().__init__()
         self.cfg = cfg
         K, D = cfg.num_codebooks, cfg.dim
         # the K embedding tables stacked: row k * (card + 1) + i embeds token i of codebook k
         self.emb = nn.Embedding(K * (cfg.card + 1), D)
         self.text_proj = nn.Linear(text_dim, D) if text_dim != D else None
+        self.chroma_proj = nn.Linear(num_chroma, D) if num_chroma is not None else None
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
         self.norm = nn.LayerNorm(D, eps=1e-5)
         self.heads = nn.Linear(D, K * cfg.card, bias=False)  # the K output heads stacked
@@ -135,25 +157,67 @@ class LM(nn.Module):
         self.pos_table = sinusoid(self.cfg.max_positions, self.cfg.dim).to(device, dtype)
         self.emb_offsets = torch.arange(K, device=device) * (self.cfg.card + 1)
 
-    def cross_kv(self, text: torch.Tensor, mask: torch.Tensor) -> CrossKV:
-        """text [B, L, D_text] T5 states, mask [B, L] bool -> per-layer cross-attention K / V."""
-        x = text.to(self.norm.weight.dtype)
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.norm.weight.dtype
+
+    def condition(self, text: torch.Tensor, mask: torch.Tensor, guided: bool,
+                  chroma: torch.Tensor | None = None) -> Condition:
+        """T5 states [B, L, D_text] with mask [B, L] (and one-hot chroma [B, C, 12] for melody models) ->
+        the conditioning of a batch of B, or of 2B rows [cond; uncond] when guided. The unconditional rows
+        get zero text (and the null melody, bin 0); on melody models they keep their row's text length, as
+        in audiocraft and transformers, where the null text is zeros of the padded length."""
+        x = text.to(self.dtype)
         if self.text_proj is not None:
             x = self.text_proj(x)
-        x = x * mask[..., None].to(x.dtype)  # padding (and the null condition) are exactly zero
-        ks, vs = zip(*(layer.cross_attn.project(x) for layer in self.layers))
-        bias = torch.where(mask, 0.0, torch.finfo(x.dtype).min).to(x.dtype)[:, None, None, :]
-        return CrossKV(list(ks), list(vs), bias)
+        x = x * mask[..., None].to(x.dtype)  # padding (and empty prompts) are exactly zero
+        if guided:
+            x = torch.cat([x, torch.zeros_like(x)])
+        if self.chroma_proj is None:
+            m = torch.cat([mask, torch.zeros_like(mask)]) if guided else mask
+            ks, vs = zip(*(layer.cross_attn.project(x) for layer in self.layers))
+            bias = torch.where(m, 0.0, torch.finfo(x.dtype).min).to(x.dtype)[:, None, None, :]
+            return Condition(k=list(ks), v=list(vs), bias=bias)
+        assert chroma is not None, "melody models need a chroma condition (the null melody when none is given)"
+        if guided:
+            null = torch.zeros_like(chroma)
+            null[..., 0] = 1.0
+            chroma = torch.cat([chroma, null])
+            mask = torch.cat([mask, mask])
+        c = self.chroma_proj(chroma.to(self.dtype))
+        valid = torch.cat([torch.ones(c.shape[:2], dtype=torch.bool, device=c.device), mask], dim=1)
+        return Condition(prefix=torch.cat([c, x], dim=1), prefix_valid=valid)
 
-    def forward(self, codes: torch.Tensor, pos: int, cache: KVCache, cross: CrossKV) -> torch.Tensor:
-        """codes [B, K, T] at positions pos..pos+T-1 -> logits [B, K, T, card] (float32)."""
+    def prefill(self, cond: Condition, cache: KVCache) -> None:
+        """Run the conditioning prefix (if any) through the layers into the cache's first slots, and set up
+        per-row validity and positions for the steps after it."""
+        if cond.prefix is None:
+            return
+        B, P, _ = cond.prefix.shape
+        valid = cond.prefix_valid
+        cache.valid = torch.ones(B, cache.k.shape[3], dtype=torch.bool, device=valid.device)
+        cache.valid[:, :P] = valid
+        n_valid = valid.sum(1)
+        cache.shift = n_valid - P  # audio slot P + s sits at position n_valid + s
+        positions = (valid.cumsum(1) - 1).clamp(min=0)  # padding slots: any position, they are never attended
+        x = cond.prefix + self.pos_table[positions]
+        mask = self_attn_mask(cache, 0, P, x.device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, i, 0, cache, mask, cond)
+
+    def forward(self, codes: torch.Tensor, pos: int, cache: KVCache, cond: Condition) -> torch.Tensor:
+        """codes [B, K, T] at cache slots pos..pos+T-1 -> logits [B, K, T, card] (float32)."""
         B, K, T = codes.shape
         x = F.embedding(codes + self.emb_offsets.view(1, K, 1), self.emb.weight).sum(1)  # [B, T, D]
         if self.cfg.scale_embedding:
             x = x * math.sqrt(self.cfg.dim)
-        x = x + self.pos_table[pos : pos + T]
+        if cache.shift is None:
+            x = x + self.pos_table[pos : pos + T]
+        else:
+            x = x + self.pos_table[cache.shift[:, None] + torch.arange(pos, pos + T, device=x.device)]
+        mask = self_attn_mask(cache, pos, T, x.device)
         for i, layer in enumerate(self.layers):
-            x = layer(x, pos, cache.k[i], cache.v[i], cross.k[i], cross.v[i], cross.bias)
+            x = layer(x, i, pos, cache, mask, cond)
         logits = self.heads(self.norm(x)).float()  # [B, T, K * card]
         return logits.view(B, T, K, self.cfg.card).transpose(1, 2)
 
@@ -166,6 +230,8 @@ class LM(nn.Module):
             return Cat(tuple(f"{HEADS_PREFIX}{k}.weight" for k in range(K)))
         if name.startswith("text_proj."):
             return PROJ_PREFIX + name.removeprefix("text_proj.")
+        if name.startswith("chroma_proj."):
+            return CHROMA_PROJ_PREFIX + name.removeprefix("chroma_proj.")
         if name.startswith("norm."):
             return PREFIX + "layer_norm." + name.removeprefix("norm.")
         _, i, part, *rest = name.split(".")
@@ -189,10 +255,10 @@ class LM(nn.Module):
         return b + attn.format(sub)
 
     @classmethod
-    def from_checkpoint(cls, cfg: LMConfig, text_dim: int, ckpt: Checkpoint, device: torch.device,
-                        dtype: torch.dtype) -> LM:
+    def from_checkpoint(cls, cfg: LMConfig, text_dim: int, num_chroma: int | None, ckpt: Checkpoint,
+                        device: torch.device, dtype: torch.dtype) -> LM:
         with torch.device("meta"):
-            model = cls(cfg, text_dim)
+            model = cls(cfg, text_dim, num_chroma)
         load_module(model, ckpt, model.source_of, device, dtype)  # non-persistent buffers are not listed
         model.init_buffers(device, dtype)
         return model.eval()

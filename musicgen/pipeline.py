@@ -20,6 +20,7 @@ from .errors import InvalidInputError
 from .generate import Progress, complete_frames, generate_tokens, iter_steps
 from .hub import resolve
 from .lm import LM
+from .melody import ChromaExtractor
 from .sampling import SamplingParams, undelay
 from .text import T5Encoder, TextTokenizer
 from .weights import Checkpoint
@@ -55,6 +56,7 @@ class MusicGen:
                  device: torch.device, dtype: torch.dtype, name: str = "") -> None:
         self.cfg, self.tokenizer, self.t5, self.lm, self.codec = cfg, tokenizer, t5, lm, codec
         self.device, self.dtype, self.name = device, dtype, name
+        self.chroma = ChromaExtractor(cfg.melody) if cfg.melody is not None else None
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -67,11 +69,12 @@ class MusicGen:
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
         folder = resolve(name_or_path, revision)
-        cfg = MusicGenConfig.from_file(folder / "config.json")
+        cfg = MusicGenConfig.from_folder(folder)
         tokenizer = TextTokenizer(folder)
         ckpt = Checkpoint(folder)
         t5 = T5Encoder.from_checkpoint(cfg.text, ckpt, device)
-        lm = LM.from_checkpoint(cfg.lm, cfg.text.d_model, ckpt, device, dtype)
+        num_chroma = cfg.melody.num_chroma if cfg.melody is not None else None
+        lm = LM.from_checkpoint(cfg.lm, cfg.text.d_model, num_chroma, ckpt, device, dtype)
         codec = EnCodec.from_checkpoint(cfg.codec, ckpt, device)
         ckpt.check_all_used(lambda k: text_mod.is_ignored(k) or lm_mod.is_ignored(k) or codec_mod.is_ignored(k))
         return cls(cfg, tokenizer, t5, lm, codec, device, dtype, str(name_or_path))
@@ -92,6 +95,10 @@ class MusicGen:
     @property
     def num_codebooks(self) -> int:
         return self.cfg.lm.num_codebooks
+
+    @property
+    def supports_melody(self) -> bool:
+        return self.chroma is not None
 
     @property
     def max_duration(self) -> float:
@@ -125,14 +132,17 @@ class MusicGen:
         cfg_coef: float = 3.0,
         seed: int | None = None,
         progress: Progress | None = None,
+        melody: tuple[object, int] | None = None,
     ) -> GenerationOutput:
         """Generate `duration` seconds of music for each prompt ("" = unconditional).
 
         temperature 0 is greedy; top_p > 0 overrides top_k; `seed` makes the result reproducible (the
-        seed used is returned either way); `progress(step, total)` is called after every decode step."""
-        text, mask, frames, params, generator, seed = self._prepare(prompts, duration, top_k, top_p, temperature,
-                                                                    cfg_coef, seed)
-        tokens = generate_tokens(self.lm, text, mask, frames, params, generator, progress)
+        seed used is returned either way); `progress(step, total)` is called after every decode step.
+        `melody=(wave, sample_rate)` (melody checkpoints only): a tensor or numpy array [S], [C, S] or
+        [B, C, S] (one tune for every prompt, or one per prompt), any rate and channel count."""
+        text, mask, chroma, frames, params, generator, seed = self._prepare(
+            prompts, duration, top_k, top_p, temperature, cfg_coef, seed, melody)
+        tokens = generate_tokens(self.lm, text, mask, frames, params, generator, progress, chroma)
         return GenerationOutput(self.decode(tokens), tokens.cpu(), self.sample_rate, seed)
 
     def stream(
@@ -145,14 +155,15 @@ class MusicGen:
         temperature: float = 1.0,
         cfg_coef: float = 3.0,
         seed: int | None = None,
+        melody: tuple[object, int] | None = None,
     ) -> Iterator[StreamStep | GenerationOutput]:
         """`generate` as an iterator: a `StreamStep` after every decode step (with the frames complete so
         far, for progressive decoding), then the `GenerationOutput`. Stop iterating to cancel."""
-        text, mask, frames, params, generator, seed = self._prepare(prompts, duration, top_k, top_p, temperature,
-                                                                    cfg_coef, seed)
+        text, mask, chroma, frames, params, generator, seed = self._prepare(
+            prompts, duration, top_k, top_p, temperature, cfg_coef, seed, melody)
         delays = self.cfg.lm.delays
         seq = None
-        for step, total, seq in iter_steps(self.lm, text, mask, frames, params, generator):
+        for step, total, seq in iter_steps(self.lm, text, mask, frames, params, generator, chroma):
             n = complete_frames(step, delays, frames)
             yield StreamStep(step, total, undelay(seq, delays, n).cpu())
         assert seq is not None
@@ -160,18 +171,33 @@ class MusicGen:
         yield GenerationOutput(self.decode(tokens), tokens.cpu(), self.sample_rate, seed)
 
     def _prepare(self, prompts: str | Sequence[str], duration: float, top_k: int, top_p: float, temperature: float,
-                 cfg_coef: float, seed: int | None) -> tuple:
-        """Validate everything before any work, then encode the text."""
+                 cfg_coef: float, seed: int | None, melody: tuple[object, int] | None) -> tuple:
+        """Validate everything before any work, then encode the text (and the melody)."""
         prompts = self._check_prompts(prompts)
         frames = self._check_duration(duration)
         params = self._check_sampling(top_k, top_p, temperature, cfg_coef)
+        chroma = self._melody_condition(melody, len(prompts))
         if seed is None:
             seed = secrets.randbits(63)
         elif not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
             raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         generator = torch.Generator(self.device).manual_seed(seed)
         text, mask = self.encode_text(prompts)
-        return text, mask, frames, params, generator, seed
+        return text, mask, chroma, frames, params, generator, seed
+
+    def _melody_condition(self, melody: tuple[object, int] | None, batch: int) -> torch.Tensor | None:
+        """-> one-hot chroma [B, chroma_length, 12] on the device (the null melody when none is given), or
+        None for text-only checkpoints."""
+        if self.chroma is None:
+            if melody is not None:
+                raise InvalidInputError(f"{self.name or 'this checkpoint'} has no melody conditioning: use a melody "
+                                        "checkpoint such as facebook/musicgen-melody")
+            return None
+        if melody is None:
+            return self.chroma.null(batch).to(self.device)
+        if not isinstance(melody, (tuple, list)) or len(melody) != 2:
+            raise InvalidInputError("melody must be a (wave, sample_rate) pair")
+        return self.chroma(melody[0], melody[1], batch).to(self.device)
 
     # ---------------------------------------------------------------- validation
     @staticmethod

@@ -53,7 +53,7 @@ def small(engines: dict[str, MusicGen]) -> MusicGen:
     return engines["current"]
 
 
-def transformers_tokens(ref, ids: torch.Tensor, mask: torch.Tensor, frames: int) -> torch.Tensor:
+def transformers_tokens(ref, ids: torch.Tensor, mask: torch.Tensor, frames: int, **kwargs) -> torch.Tensor:
     """transformers' greedy CFG-3 codes [B, K, frames], captured where its generate calls EnCodec."""
     captured: list[torch.Tensor] = []
     original = ref.audio_encoder.decode
@@ -65,7 +65,7 @@ def transformers_tokens(ref, ids: torch.Tensor, mask: torch.Tensor, frames: int)
     ref.audio_encoder.decode = spy
     try:
         ref.generate(input_ids=ids, attention_mask=mask.long(), do_sample=False, guidance_scale=3.0,
-                     max_new_tokens=frames + 3)
+                     max_new_tokens=frames + 3, **kwargs)
     finally:
         del ref.audio_encoder.decode
     if len(captured) == 1:

@@ -22,7 +22,7 @@ def test_forward_logits_match(mg: MusicGen, ref) -> None:
     with torch.no_grad():
         want = ref(input_ids=ids, attention_mask=mask.long(), decoder_input_ids=seq.reshape(B * K, T)).logits
     text, _ = mg.encode_text(PROMPTS)
-    cross = mg.lm.cross_kv(text, mask)
+    cross = mg.lm.condition(text, mask, guided=False)
     with torch.inference_mode():
         got = mg.lm(seq, 0, KVCache.empty(mg.cfg.lm, B, T, mg.device, torch.float32), cross)
     torch.testing.assert_close(got.reshape(B * K, T, -1), want, rtol=1e-4, atol=1e-4)
@@ -33,7 +33,7 @@ def test_incremental_equals_full_forward(small: MusicGen) -> None:
     B, K, T = 2, small.num_codebooks, 7
     seq = torch.randint(0, 2049, (B, K, T), generator=torch.Generator().manual_seed(4))
     text, mask = small.encode_text(PROMPTS)
-    cross = small.lm.cross_kv(text, mask)
+    cross = small.lm.condition(text, mask, guided=False)
     with torch.inference_mode():
         full = small.lm(seq, 0, KVCache.empty(small.cfg.lm, B, T, small.device, torch.float32), cross)
         cache = KVCache.empty(small.cfg.lm, B, T, small.device, torch.float32)

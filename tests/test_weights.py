@@ -91,13 +91,13 @@ def test_not_a_folder(tmp_path: Path) -> None:
         MusicGen.from_pretrained(tmp_path, device="cpu")
 
 
-def test_melody_checkpoint_is_refused_clearly(checkpoints, tmp_path: Path) -> None:
-    folder = tmp_path / "melody"
+def test_melody_config_without_melody_weights(checkpoints, tmp_path: Path) -> None:
+    folder = tmp_path / "text-only"
     shutil.copytree(checkpoints["current"][1], folder)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["model_type"] = "musicgen_melody"
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="melody"):
+    with pytest.raises(CheckpointError, match=r"audio_enc_to_dec_proj\.weight"):  # a melody model needs its chroma
         MusicGen.from_pretrained(folder, device="cpu")
 
 

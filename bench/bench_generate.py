@@ -1,13 +1,16 @@
-"""Benchmark: our engine vs transformers' MusicgenForConditionalGeneration, same weights, same machine.
+"""Benchmark: our engine (float32 and int8) vs transformers' MusicgenForConditionalGeneration.
 
-    .venv/bin/python bench/bench_generate.py                      # real-size random musicgen-small
-    .venv/bin/python bench/bench_generate.py --model facebook/musicgen-small --duration 10
+    .venv/bin/python bench/bench_generate.py                       # real-size random musicgen-small, 10 s
+    .venv/bin/python bench/bench_generate.py --model facebook/musicgen-small --duration 5 --runs 3
 
 Without --model it builds a musicgen-small with transformers' real config and random weights, in the
-Hub's file layout, once (cached under --cache). Both engines run in this process, alternately, with CFG
-and top-k sampling; steps/s are timed over the decode loop only (from the first to the last step, by a
-per-step callback in each engine), T5 and EnCodec are timed separately. Peak RSS while loading is
-measured in a fresh subprocess. Needs requirements-dev.txt (transformers).
+Hub's file layout, once (cached under --cache). The engines run in this process, alternately, on the same
+weights and prompt, with CFG 3 and top-k 250 sampling. Steps/s are timed over the decode loop (first to
+last step, by a per-step callback in each engine); T5 and EnCodec are timed separately. GB/s is the bytes of
+linear-layer weights one decode step reads x steps/s. Peak RSS (VmHWM) is measured per engine in a fresh
+process that loads the model and generates. The int8 quality numbers compare against float32: greedy
+token agreement, and the mean KL(float32 || int8) of the guided next-token distributions along the float32
+greedy sequence. Needs requirements-dev.txt (transformers).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +38,7 @@ def peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def ensure_checkpoint(model: str | None, cache: Path) -> str:
@@ -51,26 +53,22 @@ def ensure_checkpoint(model: str | None, cache: Path) -> str:
     return str(folder)
 
 
-def load_rss(model: str) -> dict:
-    """Peak RSS of a fresh process that loads our engine (minus the process after imports)."""
-    code = (
-        "import json, sys, torch\n"
-        "sys.path.insert(0, 'bench')\n"
-        "from bench_generate import peak_rss_mb\n"
-        "from musicgen import MusicGen\n"
-        "base = peak_rss_mb()\n"
-        "mg = MusicGen.from_pretrained(sys.argv[1], device='cpu')\n"
-        "peak = peak_rss_mb()\n"
-        "size = sum(p.numel() * p.element_size() for m in (mg.t5, mg.lm, mg.codec) for p in m.parameters())\n"
-        "print(json.dumps({'base_mb': base, 'peak_mb': peak, 'weights_mb': size / 2**20}))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, model], capture_output=True, text=True, check=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def weight_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
-def lm_linear_bytes(module: torch.nn.Module) -> int:
-    """Bytes of every Linear weight: what one decode step must read (embeddings are row lookups)."""
-    return sum(m.weight.numel() * m.weight.element_size() for m in module.modules() if isinstance(m, torch.nn.Linear))
+def step_bytes(lm: torch.nn.Module) -> int:
+    """Bytes of linear weights read per decode step (cross-attention K/V projections run once, not per step;
+    embeddings are row lookups)."""
+    total = 0
+    for name, m in lm.named_modules():
+        if name.endswith("cross_attn.kv") or name in ("text_proj", "chroma_proj"):
+            continue
+        if isinstance(m, torch.nn.Linear):
+            total += m.weight.numel() * m.weight.element_size()
+        elif type(m).__name__ in ("TransposedLinear", "Int8Linear"):
+            total += weight_bytes(m)
+    return total
 
 
 class StepClock:
@@ -93,9 +91,9 @@ def run_ours(mg, frames: int, seed: int) -> dict:
     from musicgen.generate import generate_tokens
     from musicgen.sampling import SamplingParams
 
-    gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    tokens = generate_tokens(mg.lm, text, mask, frames, SamplingParams(), gen, clock.tick)
+    tokens = generate_tokens(mg.lm, text, mask, frames, SamplingParams(), torch.Generator().manual_seed(seed),
+                             clock.tick)
     t_lm = time.perf_counter() - t0
     t0 = time.perf_counter()
     mg.decode(tokens)
@@ -103,7 +101,7 @@ def run_ours(mg, frames: int, seed: int) -> dict:
     return {"steps_per_s": clock.steps_per_s(), "lm_s": t_lm, "t5_s": t_text, "decode_s": t_dec}
 
 
-def run_transformers(model, processor_ids, frames: int, seed: int) -> dict:
+def run_transformers(model, ids: tuple[torch.Tensor, torch.Tensor], frames: int, seed: int) -> dict:
     from transformers import LogitsProcessor, LogitsProcessorList
 
     clock = StepClock()
@@ -113,78 +111,152 @@ def run_transformers(model, processor_ids, frames: int, seed: int) -> dict:
             clock.tick()
             return scores
 
-    ids, mask = processor_ids
+    input_ids, mask = ids
     torch.manual_seed(seed)
     with torch.no_grad():
         t0 = time.perf_counter()
-        model.text_encoder(input_ids=ids, attention_mask=mask)
+        model.text_encoder(input_ids=input_ids, attention_mask=mask)
         t_text = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=250, guidance_scale=3.0,
-                             max_new_tokens=frames + 3, logits_processor=LogitsProcessorList([Tick()]),
-                             return_dict_in_generate=True)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, top_k=250, guidance_scale=3.0,
+                             max_new_tokens=frames + 3, logits_processor=LogitsProcessorList([Tick()]))
         t_all = time.perf_counter() - t0
-        codes = torch.randint(0, 2048, (1, 1, 4, frames))
         t0 = time.perf_counter()
-        model.audio_encoder.decode(codes, [None])
+        model.audio_encoder.decode(torch.randint(0, 2048, (1, 1, 4, frames)), [None])
         t_dec = time.perf_counter() - t0
-    assert out.sequences.shape[-1] == frames * 640
+    assert out.shape[-1] == frames * 640
     return {"steps_per_s": clock.steps_per_s(), "lm_s": t_all - t_text - t_dec, "t5_s": t_text, "decode_s": t_dec}
+
+
+@torch.inference_mode()
+def guided_logits(mg, seq: torch.Tensor, frames: int) -> torch.Tensor:
+    """Teacher-force the delayed sequence `seq` [1, K, 1 + steps]: guided log-probs [steps, K, card]."""
+    from musicgen.generate import decode_step
+    from musicgen.lm import KVCache
+
+    text, mask = mg.encode_text([PROMPT])
+    cond = mg.lm.condition(text, mask, guided=True)
+    steps = seq.shape[-1] - 1
+    cache = KVCache.empty(mg.cfg.lm, 2, steps, mg.device, mg.lm.dtype)
+    out = [decode_step(mg.lm, seq[:, :, s], s, cache, cond, 3.0)[0].log_softmax(-1) for s in range(steps)]
+    return torch.stack(out)
+
+
+def int8_quality(fp32, int8, frames: int) -> dict:
+    """Greedy agreement and mean KL(fp32 || int8) along the float32 greedy sequence."""
+    from musicgen.sampling import delay
+
+    a = fp32.generate([PROMPT], frames / 50, temperature=0).tokens
+    b = int8.generate([PROMPT], frames / 50, temperature=0).tokens
+    same = (a == b).all(dim=1)[0]  # [frames]: every codebook equal
+    first_diff = int((~same).nonzero()[0]) if (~same).any() else frames
+    seq = delay(a, fp32.cfg.lm.delays, fp32.cfg.lm.card)
+    lp, lq = guided_logits(fp32, seq, frames), guided_logits(int8, seq, frames)
+    kl = (lp.exp() * (lp - lq)).sum(-1)  # [steps, K]
+    top1 = (lp.argmax(-1) == lq.argmax(-1)).float().mean().item()
+    return {"token_agreement": (a == b).float().mean().item(), "frames_identical_before_first_divergence": first_diff,
+            "mean_kl": kl.mean().item(), "max_kl": kl.max().item(), "teacher_forced_top1_agreement": top1}
+
+
+def rss_of(engine: str, model: str, frames: int) -> dict:
+    """Load `engine` and generate in a fresh process: peak RSS and the size of what it keeps."""
+    code = f"""
+import json, sys, torch
+sys.path[:0] = {[str(ROOT), str(ROOT / 'bench')]!r}
+from bench_generate import peak_rss_mb, weight_bytes
+torch.set_num_threads(2)
+base = peak_rss_mb()
+engine, model, frames = {engine!r}, {model!r}, {frames}
+if engine == "transformers":
+    from transformers import MusicgenForConditionalGeneration
+    m = MusicgenForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
+    size = weight_bytes(m)
+    loaded = peak_rss_mb()
+    ids = torch.ones(1, 8, dtype=torch.long)
+    with torch.no_grad():
+        m.generate(input_ids=ids, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=frames + 3)
+else:
+    from musicgen import MusicGen
+    mg = MusicGen.from_pretrained(model, device="cpu", quantize="int8" if engine == "int8" else None)
+    size = sum(weight_bytes(x) for x in (mg.t5, mg.lm, mg.codec))
+    loaded = peak_rss_mb()
+    mg.generate(["x"], frames / 50, seed=0)
+print(json.dumps({{"base": base, "loaded": loaded, "peak": peak_rss_mb(), "weights": size / 2**20}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="Hub id or folder [a real-size random musicgen-small]")
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds of audio per run [5]")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds of audio per run [10]")
     ap.add_argument("--runs", type=int, default=2, help="alternating runs per engine [2]")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads [2]")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "musicgen-bench")
-    ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--engines", default="fp32,int8,transformers", help="comma list [fp32,int8,transformers]")
+    ap.add_argument("--no-rss", action="store_true", help="skip the per-engine peak-RSS processes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    engines = args.engines.split(",")
     model = ensure_checkpoint(args.model, args.cache)
     frames = round(args.duration * 50)
-
-    rss = load_rss(model)
-    print(f"load (ours, fresh process): peak RSS {rss['peak_mb']:.0f} MB, after imports {rss['base_mb']:.0f} MB, "
-          f"weights {rss['weights_mb']:.0f} MB -> load overhead {rss['peak_mb'] - rss['base_mb']:.0f} MB "
-          f"= {(rss['peak_mb'] - rss['base_mb']) / rss['weights_mb']:.2f}x the weights")
-
     from musicgen import MusicGen
 
-    mg = MusicGen.from_pretrained(model, device="cpu")
-    step_bytes = lm_linear_bytes(mg.lm)
-    hf = ids = None
-    if not args.skip_transformers:
-        from transformers import MusicgenForConditionalGeneration
+    loaded: dict[str, object] = {}
+    for e in engines:
+        if e == "transformers":
+            from transformers import MusicgenForConditionalGeneration
 
-        hf = MusicgenForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
-        ids_, mask = mg.tokenizer([PROMPT])
-        ids = (ids_, mask.long())
-    results: dict[str, list[dict]] = {"ours": [], "transformers": []}
+            loaded[e] = MusicgenForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
+        else:
+            loaded[e] = MusicGen.from_pretrained(model, device="cpu", quantize="int8" if e == "int8" else None)
+    tok_source = next((m for m in loaded.values() if isinstance(m, MusicGen)), None)
+    if tok_source is None:
+        tok_source = MusicGen.from_pretrained(model, device="cpu")
+    ids, mask = tok_source.tokenizer([PROMPT])
+    results: dict[str, list[dict]] = {e: [] for e in engines}
     for r in range(args.runs):
-        results["ours"].append(run_ours(mg, frames, seed=r))
-        if hf is not None:
-            results["transformers"].append(run_transformers(hf, ids, frames, seed=r))
+        for e in engines:
+            m = loaded[e]
+            res = run_transformers(m, (ids, mask.long()), frames, r) if e == "transformers" else run_ours(m, frames, r)
+            results[e].append(res)
+            print(f"run {r} {e}: {res['steps_per_s']:.2f} steps/s", file=sys.stderr)
 
     audio_s = frames / 50
     print(f"\n{args.duration:g} s of audio = {frames} frames, {frames + 3} decode steps, CFG 3, top-k 250, "
-          f"{args.threads} threads, float32")
+          f"{args.threads} threads; best of {args.runs} alternating runs")
     print(f"{'engine':<13}{'steps/s':>9}{'RTF':>7}{'GB/s':>7}{'T5 s':>7}{'EnCodec s':>10}{'total s':>9}")
     best = {}
-    for name, runs in results.items():
-        if not runs:
-            continue
-        b = max(runs, key=lambda x: x["steps_per_s"])
-        best[name] = b
+    for e, runs in results.items():
+        b = best[e] = max(runs, key=lambda x: x["steps_per_s"])
+        m = loaded[e]
+        lm = m.lm if isinstance(m, MusicGen) else m.decoder
+        gbs = b["steps_per_s"] * step_bytes(lm) / 1e9
         total = b["t5_s"] + b["lm_s"] + b["decode_s"]
-        print(f"{name:<13}{b['steps_per_s']:>9.2f}{total / audio_s:>7.2f}{b['steps_per_s'] * step_bytes / 1e9:>7.1f}"
-              f"{b['t5_s']:>7.2f}{b['decode_s']:>10.2f}{total:>9.1f}")
-    if len(best) == 2:
-        print(f"ratio ours / transformers: {best['ours']['steps_per_s'] / best['transformers']['steps_per_s']:.2f}x "
-              "decode steps/s")
-    print(f"peak RSS of this process (both engines loaded): {peak_rss_mb():.0f} MB; all runs: "
-          + json.dumps({k: [round(x["steps_per_s"], 2) for x in v] for k, v in results.items()}))
+        print(f"{e:<13}{b['steps_per_s']:>9.2f}{total / audio_s:>7.2f}{gbs:>7.1f}{b['t5_s']:>7.2f}"
+              f"{b['decode_s']:>10.2f}{total:>9.1f}")
+    if "transformers" in best:
+        for e in engines:
+            if e != "transformers":
+                ratio = best[e]["steps_per_s"] / best["transformers"]["steps_per_s"]
+                print(f"ratio {e} / transformers: {ratio:.2f}x decode steps/s")
+    print("all runs (steps/s): " + json.dumps({k: [round(x["steps_per_s"], 2) for x in v] for k, v in results.items()}))
+    if "fp32" in loaded and "int8" in loaded:
+        q = int8_quality(loaded["fp32"], loaded["int8"], frames)
+        print(f"int8 vs float32 over {frames} frames: greedy token agreement {q['token_agreement']:.3f} "
+              f"(identical for the first {q['frames_identical_before_first_divergence']} frames), teacher-forced "
+              f"top-1 agreement {q['teacher_forced_top1_agreement']:.3f}, mean KL {q['mean_kl']:.4f} nats "
+              f"(max {q['max_kl']:.3f})")
+    if not args.no_rss:
+        del loaded
+        for e in engines:
+            r = rss_of(e, model, frames)
+            ratio = (r["peak"] - r["base"]) / r["weights"]
+            print(f"peak RSS {e:<13} {r['peak']:7.0f} MB (after imports {r['base']:.0f}, after load "
+                  f"{r['loaded']:.0f}); weights held {r['weights']:.0f} MB; peak - imports = {ratio:.2f}x the weights")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available, else cpu]")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="language-model precision [float16 on CUDA, float32 on CPU]")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="weight-only int8 language model: several times faster on CPU, slightly different output")
     return p
 
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         melody = read_melody(args.melody) if args.melody else None
         t0 = time.perf_counter()
         mg = MusicGen.from_pretrained(args.model, device=args.device, revision=args.revision,
-                                      dtype=DTYPES[args.dtype] if args.dtype else None)
+                                      dtype=DTYPES[args.dtype] if args.dtype else None, quantize=args.quantize)
         print(f"loaded {args.model} on {mg.device} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         bar = tqdm(total=None, unit="step", desc="generating", file=sys.stderr)
 

@@ -19,6 +19,7 @@ from .config import MusicGenConfig
 from .errors import InvalidInputError
 from .generate import Progress, complete_frames, generate_tokens, iter_steps
 from .hub import resolve
+from .layout import int8_available, relayout_linears
 from .lm import LM
 from .melody import ChromaExtractor
 from .sampling import SamplingParams, undelay
@@ -53,18 +54,24 @@ class MusicGen:
     """Text-to-music with a MusicGen checkpoint (mono or stereo, any size)."""
 
     def __init__(self, cfg: MusicGenConfig, tokenizer: TextTokenizer, t5: T5Encoder, lm: LM, codec: EnCodec,
-                 device: torch.device, dtype: torch.dtype, name: str = "") -> None:
+                 device: torch.device, dtype: torch.dtype, name: str = "", quantize: str | None = None) -> None:
         self.cfg, self.tokenizer, self.t5, self.lm, self.codec = cfg, tokenizer, t5, lm, codec
-        self.device, self.dtype, self.name = device, dtype, name
+        self.device, self.dtype, self.name, self.quantize = device, dtype, name, quantize
         self.chroma = ChromaExtractor(cfg.melody) if cfg.melody is not None else None
 
     # ---------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None, revision: str | None = None) -> MusicGen:
+                        dtype: torch.dtype | None = None, revision: str | None = None,
+                        quantize: str | None = None) -> MusicGen:
         """A Hub repo id (e.g. "facebook/musicgen-small") or a local folder with the same files.
         device: CUDA when available, else CPU. dtype (the LM's): float16 on CUDA, float32 on CPU; the
-        T5 encoder and EnCodec always run in float32."""
+        T5 encoder and EnCodec always run in float32. quantize="int8": weight-only int8 linear layers in
+        the LM (about 4x less memory traffic per step; the fast choice on CPUs)."""
+        if quantize not in (None, "int8"):
+            raise InvalidInputError(f"quantize must be None or 'int8', got {quantize!r}")
+        if quantize == "int8" and not int8_available():
+            raise InvalidInputError(f"quantize='int8' needs torch._weight_int8pack_mm (torch {torch.__version__})")
         device = torch.device(device) if device is not None else default_device()
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -75,9 +82,10 @@ class MusicGen:
         t5 = T5Encoder.from_checkpoint(cfg.text, ckpt, device)
         num_chroma = cfg.melody.num_chroma if cfg.melody is not None else None
         lm = LM.from_checkpoint(cfg.lm, cfg.text.d_model, num_chroma, ckpt, device, dtype)
+        relayout_linears(lm, device, quantize)
         codec = EnCodec.from_checkpoint(cfg.codec, ckpt, device)
         ckpt.check_all_used(lambda k: text_mod.is_ignored(k) or lm_mod.is_ignored(k) or codec_mod.is_ignored(k))
-        return cls(cfg, tokenizer, t5, lm, codec, device, dtype, str(name_or_path))
+        return cls(cfg, tokenizer, t5, lm, codec, device, dtype, str(name_or_path), quantize)
 
     # ---------------------------------------------------------------- properties
     @property

@@ -10,10 +10,11 @@ from .lm import LM, Condition, KVCache
 from .sampling import SamplingParams, delay_columns, sample, undelay
 
 Progress = Callable[[int, int], None]
+StepFn = Callable[..., torch.Tensor]  # decode_step's signature
 
 
-def decode_step(lm: LM, tokens: torch.Tensor, pos: int, cache: KVCache, cond: Condition, cfg_coef: float | None,
-                ) -> torch.Tensor:
+def decode_step(lm: LM, tokens: torch.Tensor, pos: int | torch.Tensor, cache: KVCache, cond: Condition,
+                cfg_coef: float | None) -> torch.Tensor:
     """tokens [B, K] at position `pos` -> next-token logits [B, K, card] (guided when cfg_coef is set:
     the batch runs as [cond; uncond] and logits = uncond + (cond - uncond) * cfg_coef)."""
     x = tokens[:, :, None]
@@ -34,6 +35,7 @@ def iter_steps(
     params: SamplingParams,
     generator: torch.Generator | None = None,
     chroma: torch.Tensor | None = None,
+    step_fn: StepFn | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """text [B, L, D_text] T5 states, mask [B, L] (+ one-hot chroma [B, C, 12] for melody models) -> yields
     (step, total, seq) after every decode step;
@@ -41,7 +43,10 @@ def iter_steps(
 
     Runs frames + max(delay) steps; step s feeds sequence column s and fills column s + 1, forcing the
     special token wherever the delay pattern has none. `undelay(seq, delays, frames)` at the end (or
-    `complete_frames(step)` frames of it on the way) gives the codes."""
+    `complete_frames(step)` frames of it on the way) gives the codes.
+
+    `step_fn` (e.g. a torch.compile'd `decode_step`) runs with static shapes: the position is a tensor and
+    attention spans the whole preallocated cache under a mask."""
     cfg = lm.cfg
     B, K, device = text.shape[0], cfg.num_codebooks, text.device
     delays = torch.tensor(cfg.delays, device=device)[None, :]  # [1, K]
@@ -53,9 +58,13 @@ def iter_steps(
         cache = KVCache.empty(cfg, B * (2 if guided else 1), P + steps, device, lm.dtype)
         lm.prefill(cond, cache)
         seq = torch.full((B, K, steps + 1), cfg.card, dtype=torch.long, device=device)
+    coef = params.cfg_coef if guided else None
     for s in range(steps):
         with torch.inference_mode():
-            logits = decode_step(lm, seq[:, :, s], P + s, cache, cond, params.cfg_coef if guided else None)
+            if step_fn is None:
+                logits = decode_step(lm, seq[:, :, s], P + s, cache, cond, coef)
+            else:
+                logits = step_fn(lm, seq[:, :, s], torch.tensor(P + s, device=device), cache, cond, coef)
             nxt = sample(logits, params, generator)  # [B, K]
             seq[:, :, s + 1] = torch.where(delay_columns(delays, frames, s + 1), nxt, cfg.card)
         yield s + 1, steps, seq
@@ -75,10 +84,11 @@ def generate_tokens(
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
     chroma: torch.Tensor | None = None,
+    step_fn: StepFn | None = None,
 ) -> torch.Tensor:
     """text [B, L, D_text] T5 states, mask [B, L] -> codes [B, K, frames]."""
     seq = None
-    for step, total, seq_so_far in iter_steps(lm, text, mask, frames, params, generator, chroma):
+    for step, total, seq_so_far in iter_steps(lm, text, mask, frames, params, generator, chroma, step_fn):
         seq = seq_so_far
         if progress is not None:
             progress(step, total)

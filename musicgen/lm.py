@@ -67,8 +67,12 @@ class Condition:
         return 0 if self.prefix is None else self.prefix.shape[1]
 
 
-def self_attn_mask(cache: KVCache, pos: int, T: int, device: torch.device) -> torch.Tensor | None:
-    """Boolean mask [B or 1, 1, T, pos + T] for queries at slots pos..pos+T-1 (None: attend to all)."""
+def self_attn_mask(cache: KVCache, pos: int | torch.Tensor, T: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean mask [B or 1, 1, T, pos + T] for queries at slots pos..pos+T-1 (None: attend to all).
+    With a tensor `pos` (static shapes, T = 1) the mask spans the whole cache: [B or 1, 1, 1, T_max]."""
+    if isinstance(pos, torch.Tensor):
+        keys = (torch.arange(cache.k.shape[3], device=device) <= pos)[None, None, None, :]
+        return keys if cache.valid is None else keys & cache.valid[:, None, None, :]
     causal = None
     if T > 1:
         causal = torch.arange(pos + T, device=device)[None, :] <= pos + torch.arange(T, device=device)[:, None]
@@ -85,13 +89,19 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, pos: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    def forward(self, x: torch.Tensor, pos: int | torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.h, self.hd).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
-        k_cache[:, :, pos : pos + T] = k
-        v_cache[:, :, pos : pos + T] = v
-        y = F.scaled_dot_product_attention(q, k_cache[:, :, : pos + T], v_cache[:, :, : pos + T], attn_mask=mask)
+        if isinstance(pos, torch.Tensor):  # static shapes (compile / CUDA graphs): whole cache, masked
+            k_cache.index_copy_(2, pos.view(1), k)
+            v_cache.index_copy_(2, pos.view(1), v)
+            keys, values = k_cache, v_cache
+        else:  # eager: attend to the filled part only
+            k_cache[:, :, pos : pos + T] = k
+            v_cache[:, :, pos : pos + T] = v
+            keys, values = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -128,7 +138,7 @@ class Layer(nn.Module):
         self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, i: int, pos: int, cache: KVCache, mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, i: int, pos: int | torch.Tensor, cache: KVCache, mask: torch.Tensor | None,
                 cond: Condition) -> torch.Tensor:
         x = x + self.self_attn(self.self_attn_norm(x), pos, cache.k[i], cache.v[i], mask)
         if cond.k is not None:
@@ -205,16 +215,15 @@ class LM(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, i, 0, cache, mask, cond)
 
-    def forward(self, codes: torch.Tensor, pos: int, cache: KVCache, cond: Condition) -> torch.Tensor:
-        """codes [B, K, T] at cache slots pos..pos+T-1 -> logits [B, K, T, card] (float32)."""
+    def forward(self, codes: torch.Tensor, pos: int | torch.Tensor, cache: KVCache, cond: Condition) -> torch.Tensor:
+        """codes [B, K, T] at cache slots pos..pos+T-1 -> logits [B, K, T, card] (float32).
+        `pos` as a 0-dim tensor (with T = 1) keeps every shape static, for torch.compile / CUDA graphs."""
         B, K, T = codes.shape
         x = F.embedding(codes + self.emb_offsets.view(1, K, 1), self.emb.weight).sum(1)  # [B, T, D]
         if self.cfg.scale_embedding:
             x = x * math.sqrt(self.cfg.dim)
-        if cache.shift is None:
-            x = x + self.pos_table[pos : pos + T]
-        else:
-            x = x + self.pos_table[cache.shift[:, None] + torch.arange(pos, pos + T, device=x.device)]
+        slots = pos.view(1) if isinstance(pos, torch.Tensor) else torch.arange(pos, pos + T, device=x.device)
+        x = x + self.pos_table[slots if cache.shift is None else cache.shift[:, None] + slots]
         mask = self_attn_mask(cache, pos, T, x.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, i, pos, cache, mask, cond)

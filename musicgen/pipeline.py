@@ -17,7 +17,7 @@ from . import text as text_mod
 from .codec import EnCodec
 from .config import MusicGenConfig
 from .errors import InvalidInputError
-from .generate import Progress, complete_frames, generate_tokens, iter_steps
+from .generate import Progress, StepFn, complete_frames, decode_step, generate_tokens, iter_steps
 from .hub import resolve
 from .layout import int8_available, relayout_linears
 from .lm import LM
@@ -58,16 +58,18 @@ class MusicGen:
         self.cfg, self.tokenizer, self.t5, self.lm, self.codec = cfg, tokenizer, t5, lm, codec
         self.device, self.dtype, self.name, self.quantize = device, dtype, name, quantize
         self.chroma = ChromaExtractor(cfg.melody) if cfg.melody is not None else None
+        self.step_fn: StepFn | None = None  # a compiled static-shape decode step (from_pretrained(compile=True))
 
     # ---------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, revision: str | None = None,
-                        quantize: str | None = None) -> MusicGen:
+                        quantize: str | None = None, compile: bool = False) -> MusicGen:
         """A Hub repo id (e.g. "facebook/musicgen-small") or a local folder with the same files.
         device: CUDA when available, else CPU. dtype (the LM's): float16 on CUDA, float32 on CPU; the
         T5 encoder and EnCodec always run in float32. quantize="int8": weight-only int8 linear layers in
-        the LM (about 4x less memory traffic per step; the fast choice on CPUs)."""
+        the LM (about 4x less memory traffic per step; the fast choice on CPUs). compile=True: torch.compile
+        the static-shaped decode step (CUDA graphs on GPU); opt-in, the first generation is slow."""
         if quantize not in (None, "int8"):
             raise InvalidInputError(f"quantize must be None or 'int8', got {quantize!r}")
         if quantize == "int8" and not int8_available():
@@ -85,7 +87,11 @@ class MusicGen:
         relayout_linears(lm, device, quantize)
         codec = EnCodec.from_checkpoint(cfg.codec, ckpt, device)
         ckpt.check_all_used(lambda k: text_mod.is_ignored(k) or lm_mod.is_ignored(k) or codec_mod.is_ignored(k))
-        return cls(cfg, tokenizer, t5, lm, codec, device, dtype, str(name_or_path), quantize)
+        mg = cls(cfg, tokenizer, t5, lm, codec, device, dtype, str(name_or_path), quantize)
+        if compile:
+            mode = "reduce-overhead" if device.type == "cuda" else None  # reduce-overhead = CUDA graphs
+            mg.step_fn = torch.compile(decode_step, mode=mode, dynamic=False)
+        return mg
 
     # ---------------------------------------------------------------- properties
     @property
@@ -150,7 +156,7 @@ class MusicGen:
         [B, C, S] (one tune for every prompt, or one per prompt), any rate and channel count."""
         text, mask, chroma, frames, params, generator, seed = self._prepare(
             prompts, duration, top_k, top_p, temperature, cfg_coef, seed, melody)
-        tokens = generate_tokens(self.lm, text, mask, frames, params, generator, progress, chroma)
+        tokens = generate_tokens(self.lm, text, mask, frames, params, generator, progress, chroma, self.step_fn)
         return GenerationOutput(self.decode(tokens), tokens.cpu(), self.sample_rate, seed)
 
     def stream(
@@ -171,7 +177,7 @@ class MusicGen:
             prompts, duration, top_k, top_p, temperature, cfg_coef, seed, melody)
         delays = self.cfg.lm.delays
         seq = None
-        for step, total, seq in iter_steps(self.lm, text, mask, frames, params, generator, chroma):
+        for step, total, seq in iter_steps(self.lm, text, mask, frames, params, generator, chroma, self.step_fn):
             n = complete_frames(step, delays, frames)
             yield StreamStep(step, total, undelay(seq, delays, n).cpu())
         assert seq is not None

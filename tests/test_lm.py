@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import PROMPTS, transformers_tokens
@@ -114,3 +116,35 @@ def test_progress_called_every_step(small: MusicGen) -> None:
     frames = out.tokens.shape[-1]
     assert frames == 5
     assert calls == [(s, frames + 3) for s in range(1, frames + 4)]
+
+
+def test_static_shape_step_matches_eager(small: MusicGen) -> None:
+    """The compile-ready step (tensor position, whole-cache masked attention) gives the eager tokens."""
+    from musicgen.generate import decode_step, generate_tokens
+    from musicgen.sampling import SamplingParams
+
+    text, mask = small.encode_text(PROMPTS)
+    params = SamplingParams(temperature=0)
+    eager = generate_tokens(small.lm, text, mask, 9, params)
+    static = generate_tokens(small.lm, text, mask, 9, params, step_fn=decode_step)
+    assert torch.equal(eager, static)
+
+
+def test_static_shape_step_with_a_melody_prefix(tmp_path_factory) -> None:
+    from melody_checkpoints import build_melody_checkpoint
+
+    from musicgen.generate import decode_step
+
+    _, folder = build_melody_checkpoint(tmp_path_factory.mktemp("mel-static") / "m", seed=3)
+    mg = MusicGen.from_pretrained(folder, device="cpu")
+    want = mg.generate(PROMPTS, 0.2, temperature=0).tokens
+    mg.step_fn = decode_step  # the uncompiled static path
+    assert torch.equal(mg.generate(PROMPTS, 0.2, temperature=0).tokens, want)
+
+
+@pytest.mark.skipif(os.environ.get("MUSICGEN_SLOW_TESTS") != "1", reason="set MUSICGEN_SLOW_TESTS=1 (compiles)")
+def test_compiled_step_matches_eager(checkpoints) -> None:
+    mg = MusicGen.from_pretrained(checkpoints["current"][1], device="cpu", compile=True)
+    eager = MusicGen.from_pretrained(checkpoints["current"][1], device="cpu")
+    want = eager.generate(PROMPTS, 0.2, temperature=0).tokens
+    assert torch.equal(mg.generate(PROMPTS, 0.2, temperature=0).tokens, want)

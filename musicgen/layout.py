@@ -46,9 +46,9 @@ class Int8Linear(nn.Module):
         self.out_features = weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        y = torch._weight_int8pack_mm(rows, self.q, self.scales)
-        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        rows = x.to(torch.bfloat16) if x.dim() == 2 else x.flatten(0, -2).to(torch.bfloat16)
+        y = torch._weight_int8pack_mm(rows, self.q, self.scales).to(x.dtype)
+        return y if x.dim() == 2 else y.unflatten(0, x.shape[:-1])
 
 
 def int8_available() -> bool:

@@ -222,8 +222,11 @@ class LM(nn.Module):
         x = F.embedding(codes + self.emb_offsets.view(1, K, 1), self.emb.weight).sum(1)  # [B, T, D]
         if self.cfg.scale_embedding:
             x = x * math.sqrt(self.cfg.dim)
-        slots = pos.view(1) if isinstance(pos, torch.Tensor) else torch.arange(pos, pos + T, device=x.device)
-        x = x + self.pos_table[slots if cache.shift is None else cache.shift[:, None] + slots]
+        if isinstance(pos, torch.Tensor) or cache.shift is not None:
+            slots = pos.view(1) if isinstance(pos, torch.Tensor) else torch.arange(pos, pos + T, device=x.device)
+            x = x + self.pos_table[slots if cache.shift is None else cache.shift[:, None] + slots]
+        else:
+            x = x + self.pos_table[pos : pos + T]
         mask = self_attn_mask(cache, pos, T, x.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, i, pos, cache, mask, cond)

@@ -36,6 +36,7 @@ def iter_steps(
     generator: torch.Generator | None = None,
     chroma: torch.Tensor | None = None,
     step_fn: StepFn | None = None,
+    prompt: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """text [B, L, D_text] T5 states, mask [B, L] (+ one-hot chroma [B, C, 12] for melody models) -> yields
     (step, total, seq) after every decode step;
@@ -46,7 +47,10 @@ def iter_steps(
     `complete_frames(step)` frames of it on the way) gives the codes.
 
     `step_fn` (e.g. a torch.compile'd `decode_step`) runs with static shapes: the position is a tensor and
-    attention spans the whole preallocated cache under a mask."""
+    attention spans the whole preallocated cache under a mask.
+
+    `prompt` [B, K, T_p] (T_p < frames): codes the output starts with (continuation). They are run through
+    the model in one chunk and kept, not sampled; the first step yielded is then T_p + 1."""
     cfg = lm.cfg
     B, K, device = text.shape[0], cfg.num_codebooks, text.device
     delays = torch.tensor(cfg.delays, device=device)[None, :]  # [1, K]
@@ -58,15 +62,25 @@ def iter_steps(
         cache = KVCache.empty(cfg, B * (2 if guided else 1), P + steps, device, lm.dtype)
         lm.prefill(cond, cache)
         seq = torch.full((B, K, steps + 1), cfg.card, dtype=torch.long, device=device)
+        Tp = 0 if prompt is None else prompt.shape[-1]
+        if Tp:
+            assert Tp < frames, "the prompt must be shorter than the output"
+            forced = torch.zeros_like(seq, dtype=torch.bool)
+            for k, d in enumerate(cfg.delays):
+                seq[:, k, 1 + d : 1 + d + Tp] = prompt[:, k]
+                forced[:, k, 1 + d : 1 + d + Tp] = True
+            x = seq[:, :, :Tp]  # columns 0..T_p-1 predict only prompt tokens or the special token
+            lm(torch.cat([x, x]) if guided else x, P, cache, cond)
     coef = params.cfg_coef if guided else None
-    for s in range(steps):
+    for s in range(Tp, steps):
         with torch.inference_mode():
             if step_fn is None:
                 logits = decode_step(lm, seq[:, :, s], P + s, cache, cond, coef)
             else:
                 logits = step_fn(lm, seq[:, :, s], torch.tensor(P + s, device=device), cache, cond, coef)
             nxt = sample(logits, params, generator)  # [B, K]
-            seq[:, :, s + 1] = torch.where(delay_columns(delays, frames, s + 1), nxt, cfg.card)
+            nxt = torch.where(delay_columns(delays, frames, s + 1), nxt, cfg.card)
+            seq[:, :, s + 1] = torch.where(forced[:, :, s + 1], seq[:, :, s + 1], nxt) if Tp else nxt
         yield s + 1, steps, seq
 
 
@@ -85,10 +99,11 @@ def generate_tokens(
     progress: Progress | None = None,
     chroma: torch.Tensor | None = None,
     step_fn: StepFn | None = None,
+    prompt: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """text [B, L, D_text] T5 states, mask [B, L] -> codes [B, K, frames]."""
+    """text [B, L, D_text] T5 states, mask [B, L] -> codes [B, K, frames] (starting with `prompt`)."""
     seq = None
-    for step, total, seq_so_far in iter_steps(lm, text, mask, frames, params, generator, chroma, step_fn):
+    for step, total, seq_so_far in iter_steps(lm, text, mask, frames, params, generator, chroma, step_fn, prompt):
         seq = seq_so_far
         if progress is not None:
             progress(step, total)

@@ -64,9 +64,11 @@ class ChromaExtractor:
         self.spectrogram = torchaudio.transforms.Spectrogram(
             n_fft=cfg.n_fft, win_length=cfg.n_fft, hop_length=cfg.hop_length, power=2, center=True, normalized=True)
 
-    def prepare(self, wave: object, sample_rate: int, batch: int) -> torch.Tensor:
-        """User melody -> mono float32 at the model rate, cut to what is used: [N, S] with N = 1 (one
-        melody for every prompt) or N = batch. Accepts [S], [C, S] or [N, C, S]."""
+    def prepare(self, wave: object, sample_rate: int, batch: int, seconds: float | None = None) -> torch.Tensor:
+        """User melody -> mono float32 at the model rate, cut to what is used (the first `seconds`, by
+        default the model's max_seconds): [N, S] with N = 1 (one melody for every prompt) or N = batch.
+        Accepts [S], [C, S] or [N, C, S]."""
+        seconds = self.cfg.max_seconds if seconds is None else seconds
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
             raise InvalidInputError(f"melody sample rate must be a positive integer, got {sample_rate!r}")
         x = as_float_audio(wave)
@@ -82,7 +84,7 @@ class ChromaExtractor:
         if x.shape[1] == 0 or x.shape[2] == 0:
             raise InvalidInputError("melody is empty")
         # only the first max_seconds are used: cut before any work (a margin keeps the resampler's edge exact)
-        keep = math.ceil(self.cfg.max_seconds * sample_rate) + sample_rate // 10
+        keep = math.ceil(seconds * sample_rate) + sample_rate // 10
         x = x[..., :keep]
         if not torch.isfinite(x).all():
             raise InvalidInputError("melody contains NaN or infinite samples")
@@ -91,7 +93,7 @@ class ChromaExtractor:
             raise InvalidInputError("melody is silent: give audio with an audible tune")
         if sample_rate != self.cfg.sample_rate:
             x = torchaudio.functional.resample(x, sample_rate, self.cfg.sample_rate, **RESAMPLE)
-        return x[..., : int(self.cfg.max_seconds * self.cfg.sample_rate)]
+        return x[..., : int(seconds * self.cfg.sample_rate)]
 
     @torch.no_grad()
     def chroma(self, x: torch.Tensor) -> torch.Tensor:

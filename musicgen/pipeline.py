@@ -17,16 +17,19 @@ from . import text as text_mod
 from .codec import EnCodec
 from .config import MusicGenConfig
 from .errors import InvalidInputError
-from .generate import Progress, StepFn, complete_frames, decode_step, generate_tokens, iter_steps
+from .generate import Progress, StepFn, complete_frames, decode_step, iter_steps
 from .hub import resolve
 from .layout import int8_available, relayout_linears
 from .lm import LM
+from .longform import Window, frames_of, loop_audio, plan_windows, prepare_prompt_audio
 from .melody import ChromaExtractor
 from .sampling import SamplingParams, undelay
 from .text import T5Encoder, TextTokenizer
 from .weights import Checkpoint
 
-MAX_DURATION = 30.0  # seconds: the window the released models were trained on (audiocraft max_duration)
+WINDOW = 30.0  # seconds: the window the released models were trained on (audiocraft max_duration)
+EXTEND_STRIDE = 18.0  # seconds each further window adds (audiocraft's default extend_stride)
+MAX_DURATION = 300.0  # longest piece: made window by window beyond WINDOW
 
 
 @dataclass
@@ -80,6 +83,9 @@ class MusicGen:
         folder = resolve(name_or_path, revision)
         cfg = MusicGenConfig.from_folder(folder)
         tokenizer = TextTokenizer(folder)
+        if cfg.melody is not None:  # the text joins the prefix: keep [chroma | text | one window] within positions
+            room = cfg.lm.max_positions - cfg.melody.chroma_length - round(WINDOW * cfg.frame_rate) - max(cfg.lm.delays)
+            tokenizer.max_tokens = min(tokenizer.max_tokens, room)
         ckpt = Checkpoint(folder)
         t5 = T5Encoder.from_checkpoint(cfg.text, ckpt, device)
         num_chroma = cfg.melody.num_chroma if cfg.melody is not None else None
@@ -147,17 +153,42 @@ class MusicGen:
         seed: int | None = None,
         progress: Progress | None = None,
         melody: tuple[object, int] | None = None,
+        extend_stride: float = EXTEND_STRIDE,
     ) -> GenerationOutput:
-        """Generate `duration` seconds of music for each prompt ("" = unconditional).
+        """Generate `duration` seconds (up to 300) of music for each prompt ("" = unconditional).
 
         temperature 0 is greedy; top_p > 0 overrides top_k; `seed` makes the result reproducible (the
         seed used is returned either way); `progress(step, total)` is called after every decode step.
         `melody=(wave, sample_rate)` (melody checkpoints only): a tensor or numpy array [S], [C, S] or
-        [B, C, S] (one tune for every prompt, or one per prompt), any rate and channel count."""
-        text, mask, chroma, frames, params, generator, seed = self._prepare(
-            prompts, duration, top_k, top_p, temperature, cfg_coef, seed, melody)
-        tokens = generate_tokens(self.lm, text, mask, frames, params, generator, progress, chroma, self.step_fn)
-        return GenerationOutput(self.decode(tokens), tokens.cpu(), self.sample_rate, seed)
+        [B, C, S] (one tune for every prompt, or one per prompt), any rate and channel count. Beyond 30 s
+        the piece is made window by window, each new 30 s window prompted with the last
+        30 - extend_stride seconds of the previous one."""
+        return self._finish(self.stream(prompts, duration, top_k=top_k, top_p=top_p, temperature=temperature,
+                                         cfg_coef=cfg_coef, seed=seed, melody=melody, extend_stride=extend_stride),
+                            progress)
+
+    def generate_continuation(
+        self,
+        prompt_audio: object,
+        prompt_sample_rate: int,
+        prompts: str | Sequence[str],
+        duration: float,
+        *,
+        top_k: int = 250,
+        top_p: float = 0.0,
+        temperature: float = 1.0,
+        cfg_coef: float = 3.0,
+        seed: int | None = None,
+        progress: Progress | None = None,
+        melody: tuple[object, int] | None = None,
+        extend_stride: float = EXTEND_STRIDE,
+    ) -> GenerationOutput:
+        """Continue `prompt_audio` ([S], [C, S] or [B, C, S], any rate, shorter than 30 s): it is encoded
+        with EnCodec and the music goes on from it. The output holds the (re-encoded) prompt followed by
+        the continuation; `duration` counts the whole result."""
+        return self._finish(self.stream(prompts, duration, top_k=top_k, top_p=top_p, temperature=temperature,
+                                         cfg_coef=cfg_coef, seed=seed, melody=melody, extend_stride=extend_stride,
+                                         continue_from=(prompt_audio, prompt_sample_rate)), progress)
 
     def stream(
         self,
@@ -170,48 +201,91 @@ class MusicGen:
         cfg_coef: float = 3.0,
         seed: int | None = None,
         melody: tuple[object, int] | None = None,
+        extend_stride: float = EXTEND_STRIDE,
+        continue_from: tuple[object, int] | None = None,
     ) -> Iterator[StreamStep | GenerationOutput]:
-        """`generate` as an iterator: a `StreamStep` after every decode step (with the frames complete so
-        far, for progressive decoding), then the `GenerationOutput`. Stop iterating to cancel."""
-        text, mask, chroma, frames, params, generator, seed = self._prepare(
-            prompts, duration, top_k, top_p, temperature, cfg_coef, seed, melody)
-        delays = self.cfg.lm.delays
-        seq = None
-        for step, total, seq in iter_steps(self.lm, text, mask, frames, params, generator, chroma, self.step_fn):
-            n = complete_frames(step, delays, frames)
-            yield StreamStep(step, total, undelay(seq, delays, n).cpu())
-        assert seq is not None
-        tokens = undelay(seq, delays, frames)
-        yield GenerationOutput(self.decode(tokens), tokens.cpu(), self.sample_rate, seed)
-
-    def _prepare(self, prompts: str | Sequence[str], duration: float, top_k: int, top_p: float, temperature: float,
-                 cfg_coef: float, seed: int | None, melody: tuple[object, int] | None) -> tuple:
-        """Validate everything before any work, then encode the text (and the melody)."""
+        """`generate` (or, with `continue_from=(wave, sample_rate)`, `generate_continuation`) as an
+        iterator: a `StreamStep` after every decode step with the frames of the piece complete so far,
+        then the `GenerationOutput`. Everything is validated at the first `next()`; stop iterating to
+        cancel."""
         prompts = self._check_prompts(prompts)
         frames = self._check_duration(duration)
         params = self._check_sampling(top_k, top_p, temperature, cfg_coef)
-        chroma = self._melody_condition(melody, len(prompts))
-        if seed is None:
-            seed = secrets.randbits(63)
-        elif not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-            raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        seed = self._check_seed(seed)
+        B, hop = len(prompts), self.cfg.codec.hop_length
+        wave = self._melody_wave(melody, B, frames / self.frame_rate)
+        head = None
+        if continue_from is not None:
+            if not isinstance(continue_from, (tuple, list)) or len(continue_from) != 2:
+                raise InvalidInputError("continue_from must be a (wave, sample_rate) pair")
+            audio = prepare_prompt_audio(continue_from[0], continue_from[1], B, self.audio_channels,
+                                         self.sample_rate, WINDOW)
+            if frames_of(audio.shape[-1], hop) >= frames:
+                raise InvalidInputError(f"duration {duration} s must be longer than the prompt audio "
+                                        f"({audio.shape[-1] / self.sample_rate:.2f} s)")
+        if not isinstance(extend_stride, (int, float)) or not 0 < extend_stride <= WINDOW:
+            raise InvalidInputError(f"extend_stride must be in (0, {WINDOW:g}] seconds, got {extend_stride!r}")
+        if continue_from is not None:
+            codes = self.codec.encode(audio.to(self.device))  # [B * C, Q, T]
+            head = rearrange(codes, "(b c) q t -> b (q c) t", b=B)  # stereo: L0 R0 L1 R1 ...
+        window, stride = round(WINDOW * self.frame_rate), round(extend_stride * self.frame_rate)
+        plan = plan_windows(frames, window, stride, 0 if head is None else head.shape[-1])
         generator = torch.Generator(self.device).manual_seed(seed)
         text, mask = self.encode_text(prompts)
-        return text, mask, chroma, frames, params, generator, seed
+        delays, maxd = self.cfg.lm.delays, max(self.cfg.lm.delays)
+        total = sum(w.new + maxd for w in plan)
+        piece = head if head is not None else torch.zeros(B, self.num_codebooks, 0, dtype=torch.long,
+                                                          device=self.device)
+        done = 0
+        for w in plan:
+            prompt = piece[..., w.offset : w.offset + w.prompt] if w.prompt else None
+            chroma = self._window_chroma(wave, B, w, len(plan) > 1)
+            seq = None
+            for step, _, seq in iter_steps(self.lm, text, mask, w.frames, params, generator, chroma,
+                                           self.step_fn, prompt):
+                n = complete_frames(step, delays, w.frames)
+                tokens = torch.cat([piece, undelay(seq, delays, n)[..., w.prompt :]], dim=-1)
+                yield StreamStep(done + step - w.prompt, total, tokens.cpu())
+            assert seq is not None
+            piece = torch.cat([piece, undelay(seq, delays, w.frames)[..., w.prompt :]], dim=-1)
+            done += w.new + maxd
+        yield GenerationOutput(self.decode(piece), piece.cpu(), self.sample_rate, seed)
 
-    def _melody_condition(self, melody: tuple[object, int] | None, batch: int) -> torch.Tensor | None:
-        """-> one-hot chroma [B, chroma_length, 12] on the device (the null melody when none is given), or
-        None for text-only checkpoints."""
+    @staticmethod
+    def _finish(events: Iterator[StreamStep | GenerationOutput], progress: Progress | None) -> GenerationOutput:
+        for event in events:
+            if isinstance(event, GenerationOutput):
+                return event
+            if progress is not None:
+                progress(event.step, event.total)
+        raise AssertionError("stream ended without an output")
+
+    def _melody_wave(self, melody: tuple[object, int] | None, batch: int, seconds: float) -> torch.Tensor | None:
+        """The user's melody as mono audio at the model rate [N, S] (what the piece needs of it), or None."""
         if self.chroma is None:
             if melody is not None:
                 raise InvalidInputError(f"{self.name or 'this checkpoint'} has no melody conditioning: use a melody "
                                         "checkpoint such as facebook/musicgen-melody")
             return None
         if melody is None:
-            return self.chroma.null(batch).to(self.device)
+            return None
         if not isinstance(melody, (tuple, list)) or len(melody) != 2:
             raise InvalidInputError("melody must be a (wave, sample_rate) pair")
-        return self.chroma(melody[0], melody[1], batch).to(self.device)
+        return self.chroma.prepare(melody[0], melody[1], batch, max(seconds, self.chroma.cfg.max_seconds))
+
+    def _window_chroma(self, wave: torch.Tensor | None, batch: int, w: Window, windowed: bool) -> torch.Tensor | None:
+        """One-hot chroma [B, chroma_length, 12] for window `w` (None for text-only checkpoints). In a
+        multi-window piece the melody is looped over the whole piece and each window gets its own span."""
+        if self.chroma is None:
+            return None
+        if wave is None:
+            return self.chroma.null(batch).to(self.device)
+        if windowed:
+            rate = self.chroma.cfg.sample_rate
+            start = round(w.offset / self.frame_rate * rate)
+            wave = loop_audio(wave, start, round(WINDOW * rate))
+        c = self.chroma.condition(self.chroma.chroma(wave))
+        return (c.expand(batch, -1, -1) if c.shape[0] == 1 else c).to(self.device)
 
     # ---------------------------------------------------------------- validation
     @staticmethod
@@ -225,13 +299,21 @@ class MusicGen:
                 raise InvalidInputError(f"prompt {i} is a {type(p).__name__}, not a string")
         return list(prompts)
 
+    @staticmethod
+    def _check_seed(seed: int | None) -> int:
+        if seed is None:
+            return secrets.randbits(63)
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        return seed
+
     def _check_duration(self, duration: float) -> int:
         if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):
             raise InvalidInputError(f"duration must be a finite number of seconds, got {duration!r}")
         if duration <= 0:
             raise InvalidInputError(f"duration must be positive, got {duration}")
         if duration > self.max_duration:
-            raise InvalidInputError(f"duration {duration} s is beyond the model's {self.max_duration:g} s window")
+            raise InvalidInputError(f"duration {duration} s is beyond the {self.max_duration:g} s limit")
         frames = round(duration * self.frame_rate)
         if frames < 1:
             raise InvalidInputError(f"duration {duration} s is shorter than one frame ({1 / self.frame_rate} s)")

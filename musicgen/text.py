@@ -55,7 +55,7 @@ class TextTokenizer:
             ids = enc.ids
             if len(ids) > self.max_tokens:
                 warnings.warn(f"prompt is {len(ids)} tokens long; keeping the first {self.max_tokens} "
-                              f"(T5's limit): {prompt[:60]!r}...", stacklevel=3)
+                              f"(the model's limit): {prompt[:60]!r}...", stacklevel=3)
                 ids = ids[: self.max_tokens - 1] + ids[-1:]  # keep the closing </s>
             ids_list.append(ids)
         L = max(len(x) for x in ids_list)

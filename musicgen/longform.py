@@ -1,0 +1,88 @@
+"""Pieces longer than the 30 s training window, and continuations of user audio.
+
+audiocraft's schedule (MusicGen._generate_tokens): window i starts `stride` frames after window i - 1,
+is prompted with the tokens its predecessor generated after its first `stride` frames (the last
+window - stride frames, 12 s by default) and generates up to a full window; only its new frames are kept.
+Each window is an ordinary prompted generation, so positions restart at 0 in every window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torchaudio
+from einops import rearrange
+
+from .errors import InvalidInputError
+from .melody import RESAMPLE, SILENCE, as_float_audio
+
+
+@dataclass(frozen=True)
+class Window:
+    offset: int  # first frame of the window in the whole piece
+    frames: int  # frames the window holds, its prompt included
+    prompt: int  # frames at its start that are given (from the previous window, or the user's audio)
+
+    @property
+    def new(self) -> int:
+        return self.frames - self.prompt
+
+
+def plan_windows(total: int, window: int, stride: int, prompt: int = 0) -> list[Window]:
+    """Frames of each window for a `total`-frame piece (a user prompt of `prompt` frames included)."""
+    if not 0 < stride <= window:
+        raise InvalidInputError(f"extend stride must be in (0, window], got {stride} frames for a {window}-frame "
+                                "window")
+    windows: list[Window] = []
+    offset = 0
+    while offset + prompt < total:
+        frames = min(total - offset, window)
+        windows.append(Window(offset, frames, prompt))
+        prompt, offset = frames - stride, offset + stride
+    return windows
+
+
+def loop_audio(wave: torch.Tensor, start: int, length: int) -> torch.Tensor:
+    """Samples start..start+length of `wave` [N, S] repeated periodically (audiocraft's melody tiling)."""
+    idx = torch.arange(start, start + length, device=wave.device) % wave.shape[-1]
+    return wave[..., idx]
+
+
+def prepare_prompt_audio(wave: object, sample_rate: int, batch: int, channels: int, target_rate: int,
+                         max_seconds: float) -> torch.Tensor:
+    """User audio to continue -> [batch * channels, 1, S] at the codec rate (stereo models: left, right;
+    mono input is used for both sides, more channels are mixed down)."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise InvalidInputError(f"prompt audio sample rate must be a positive integer, got {sample_rate!r}")
+    x = as_float_audio(wave)
+    if x.dim() == 1:
+        x = x[None, None]
+    elif x.dim() == 2:
+        x = x[None]
+    elif x.dim() != 3:
+        raise InvalidInputError(f"prompt audio must be [samples], [channels, samples] or [batch, channels, samples], "
+                                f"got shape {tuple(x.shape)}")
+    if x.shape[0] not in (1, batch):
+        raise InvalidInputError(f"got {x.shape[0]} prompt audios for {batch} prompts: give one, or one per prompt")
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise InvalidInputError("prompt audio is empty")
+    if x.shape[2] / sample_rate >= max_seconds:
+        raise InvalidInputError(f"prompt audio is {x.shape[2] / sample_rate:.1f} s long: it must be shorter than "
+                                f"the model's {max_seconds:g} s window")
+    if not torch.isfinite(x).all():
+        raise InvalidInputError("prompt audio contains NaN or infinite samples")
+    if x.abs().amax(dim=(1, 2)).min() < SILENCE:
+        raise InvalidInputError("prompt audio is silent")
+    if x.shape[1] != channels:
+        x = x.mean(dim=1, keepdim=True).expand(-1, channels, -1)
+    if sample_rate != target_rate:
+        x = torchaudio.functional.resample(x, sample_rate, target_rate, **RESAMPLE)
+    x = x.expand(batch, -1, -1)
+    return rearrange(x, "b c s -> (b c) 1 s").contiguous()
+
+
+def frames_of(samples: int, hop: int) -> int:
+    """EnCodec frames for `samples` samples (its last window is padded to full)."""
+    return math.ceil(samples / hop)

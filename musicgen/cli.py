@@ -25,7 +25,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", nargs="+", help="one or more text descriptions; \"\" for unconditional music")
     p.add_argument("-o", "--output", default="out.wav",
                    help="16-bit WAV file to write (several prompts: NAME-0.wav, NAME-1.wav, ...) [out.wav]")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds of audio, up to 30 [8]")
+    p.add_argument("--duration", type=float, default=8.0,
+                   help="seconds of audio, up to 300 (beyond 30 s it is made window by window) [8]")
+    p.add_argument("--extend-stride", type=float, default=18.0,
+                   help="beyond 30 s: seconds each new 30 s window adds; the rest of the window is its prompt [18]")
+    p.add_argument("--continue", dest="continue_from", default=None, metavar="FILE",
+                   help="audio file to continue (shorter than 30 s): the output starts with it, --duration counts "
+                   "the whole result")
     p.add_argument("--model", default="facebook/musicgen-small",
                    help="Hub repo id or local checkpoint folder [facebook/musicgen-small]")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit [main]")
@@ -54,12 +60,12 @@ def output_paths(output: str, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
 
 
-def read_melody(path: str) -> tuple[object, int]:
+def read_audio(path: str, what: str) -> tuple[object, int]:
     """An audio file -> ([channels, samples] float32 array, sample rate), with a readable error."""
     try:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
     except (OSError, RuntimeError, sf.LibsndfileError) as e:
-        raise InvalidInputError(f"cannot read melody file {path}: {e}") from e
+        raise InvalidInputError(f"cannot read {what} file {path}: {e}") from e
     return data.T, sr
 
 
@@ -68,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import MusicGen  # after argument parsing so --help is instant
 
     try:
-        melody = read_melody(args.melody) if args.melody else None
+        melody = read_audio(args.melody, "melody") if args.melody else None
+        head = read_audio(args.continue_from, "audio to continue") if args.continue_from else None
         t0 = time.perf_counter()
         mg = MusicGen.from_pretrained(args.model, device=args.device, revision=args.revision,
                                       dtype=DTYPES[args.dtype] if args.dtype else None, quantize=args.quantize)
@@ -80,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(step - bar.n)
 
         t0 = time.perf_counter()
-        out = mg.generate(args.prompts, args.duration, top_k=args.top_k, top_p=args.top_p,
-                          temperature=args.temperature, cfg_coef=args.cfg_coef, seed=args.seed, progress=progress,
-                          melody=melody)
+        kwargs = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, cfg_coef=args.cfg_coef,
+                      seed=args.seed, progress=progress, melody=melody, extend_stride=args.extend_stride)
+        if head is None:
+            out = mg.generate(args.prompts, args.duration, **kwargs)
+        else:
+            out = mg.generate_continuation(head[0], head[1], args.prompts, args.duration, **kwargs)
         bar.close()
         elapsed = time.perf_counter() - t0
     except MusicGenError as e:

@@ -133,3 +133,20 @@ def test_positions_stay_within_the_model(tmp_path_factory: pytest.TempPathFactor
     with pytest.warns(UserWarning, match="keeping the first"):
         mg.generate([words], 31, seed=0, melody=(torch.sin(torch.arange(SR) * 2 * math.pi * 440 / SR), SR))
     assert max(highest) <= mg.cfg.lm.max_positions
+
+
+def test_cli_continue(checkpoints, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    head = tmp_path / "head.wav"
+    sf.write(str(head), noise(0.5).T.numpy(), SR)
+    out = tmp_path / "out.wav"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "musicgen", "jazz", "--duration", "1", "--model",
+                           str(checkpoints["current"][1]), "--continue", str(head), "-o", str(out), "--seed", "3"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sf.info(str(out)).frames == 50 * 640

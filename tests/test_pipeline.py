@@ -97,7 +97,8 @@ def test_cli_reports_errors_without_a_traceback(tmp_path: Path) -> None:
 def test_cli_help_documents_every_option() -> None:
     proc = subprocess.run([sys.executable, "-m", "musicgen", "--help"], cwd=ROOT, capture_output=True, text=True)
     for flag in ("--duration", "--model", "--seed", "--top-k", "--top-p", "--temperature", "--cfg-coef",
-                 "--device", "--dtype", "--revision", "--output", "--melody", "--quantize"):
+                 "--device", "--dtype", "--revision", "--output", "--melody", "--quantize", "--continue",
+                 "--extend-stride"):
         assert flag in proc.stdout
 
 

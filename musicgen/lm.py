@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LMConfig
+from .layout import relayout_linears
 from .weights import Cat, Checkpoint, Source, load_module
 
 PREFIX = "decoder.model.decoder."
@@ -268,10 +269,17 @@ class LM(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, cfg: LMConfig, text_dim: int, num_chroma: int | None, ckpt: Checkpoint,
-                        device: torch.device, dtype: torch.dtype) -> LM:
+                        device: torch.device, dtype: torch.dtype, quantize: str | None = None) -> LM:
+        """Load layer by layer, giving each its fast weight layout (`layout.relayout_linears`) right away,
+        so that loading never holds much more than the final weights plus one float layer."""
         with torch.device("meta"):
             model = cls(cfg, text_dim, num_chroma)
-        load_module(model, ckpt, model.source_of, device, dtype)  # non-persistent buffers are not listed
+        parts = [(f"layers.{i}.", layer) for i, layer in enumerate(model.layers)]
+        parts += [(f"{name}.", child) for name, child in model.named_children() if name != "layers"]
+        for prefix, part in parts:  # (non-persistent buffers are not in any state dict)
+            load_module(part, ckpt, lambda n, p=prefix: model.source_of(p + n), device, dtype)
+            relayout_linears(part, device, quantize)
+        relayout_linears(model, device, quantize)  # the parts that are linears themselves (the heads)
         model.init_buffers(device, dtype)
         return model.eval()
 

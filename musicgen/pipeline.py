@@ -19,7 +19,7 @@ from .config import MusicGenConfig
 from .errors import InvalidInputError
 from .generate import Progress, StepFn, complete_frames, decode_step, iter_steps
 from .hub import resolve
-from .layout import int8_available, relayout_linears
+from .layout import int8_available
 from .lm import LM
 from .longform import Window, frames_of, loop_audio, plan_windows, prepare_prompt_audio
 from .melody import ChromaExtractor
@@ -89,8 +89,7 @@ class MusicGen:
         ckpt = Checkpoint(folder)
         t5 = T5Encoder.from_checkpoint(cfg.text, ckpt, device)
         num_chroma = cfg.melody.num_chroma if cfg.melody is not None else None
-        lm = LM.from_checkpoint(cfg.lm, cfg.text.d_model, num_chroma, ckpt, device, dtype)
-        relayout_linears(lm, device, quantize)
+        lm = LM.from_checkpoint(cfg.lm, cfg.text.d_model, num_chroma, ckpt, device, dtype, quantize)
         codec = EnCodec.from_checkpoint(cfg.codec, ckpt, device)
         ckpt.check_all_used(lambda k: text_mod.is_ignored(k) or lm_mod.is_ignored(k) or codec_mod.is_ignored(k))
         mg = cls(cfg, tokenizer, t5, lm, codec, device, dtype, str(name_or_path), quantize)

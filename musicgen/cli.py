@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available, else cpu]")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="language-model precision [float16 on CUDA, float32 on CPU]")
+    p.add_argument("--decoder", choices=["encodec", "mbd"], default="encodec",
+                   help="tokens to audio: EnCodec, or multi-band diffusion (better quality, much slower; its weights, "
+                   "facebook/multiband-diffusion, are fetched on first use) [encodec]")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="weight-only int8 language model: several times faster on CPU, slightly different output")
     return p
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
         t0 = time.perf_counter()
         kwargs = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, cfg_coef=args.cfg_coef,
-                      seed=args.seed, progress=progress, melody=melody, extend_stride=args.extend_stride)
+                      seed=args.seed, progress=progress, melody=melody, extend_stride=args.extend_stride,
+                      decoder=args.decoder)
         if head is None:
             out = mg.generate(args.prompts, args.duration, **kwargs)
         else:

@@ -16,6 +16,7 @@ from . import lm as lm_mod
 from . import text as text_mod
 from .codec import EnCodec
 from .config import MusicGenConfig
+from .diffusion import MultiBandDiffusion
 from .errors import InvalidInputError
 from .generate import Progress, StepFn, complete_frames, decode_step, iter_steps
 from .hub import resolve
@@ -27,6 +28,7 @@ from .sampling import SamplingParams, undelay
 from .text import T5Encoder, TextTokenizer
 from .weights import Checkpoint
 
+DECODERS = ("encodec", "mbd")
 WINDOW = 30.0  # seconds: the window the released models were trained on (audiocraft max_duration)
 EXTEND_STRIDE = 18.0  # seconds each further window adds (audiocraft's default extend_stride)
 MAX_DURATION = 300.0  # longest piece: made window by window beyond WINDOW
@@ -38,6 +40,7 @@ class GenerationOutput:
     tokens: torch.Tensor  # [B, K, frames] long on the CPU
     sample_rate: int
     seed: int  # the seed that reproduces this result
+    audio_encodec: torch.Tensor | None = None  # with decoder="mbd": the EnCodec decode, for comparison
 
 
 @dataclass
@@ -62,6 +65,7 @@ class MusicGen:
         self.device, self.dtype, self.name, self.quantize = device, dtype, name, quantize
         self.chroma = ChromaExtractor(cfg.melody) if cfg.melody is not None else None
         self.step_fn: StepFn | None = None  # a compiled static-shape decode step (from_pretrained(compile=True))
+        self._mbd: MultiBandDiffusion | None = None
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -131,13 +135,34 @@ class MusicGen:
         ids, mask = ids.to(self.device), mask.to(self.device)
         return self.t5(ids, mask), mask
 
+    @property
+    def mbd(self) -> MultiBandDiffusion:
+        """The multi-band diffusion decoder, fetched from the Hub (facebook/multiband-diffusion) on first use;
+        assign a `MultiBandDiffusion` to use another one."""
+        if self._mbd is None:
+            self._mbd = MultiBandDiffusion.from_pretrained(device=self.device)
+        return self._mbd
+
+    @mbd.setter
+    def mbd(self, model: MultiBandDiffusion) -> None:
+        self._mbd = model
+
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, K, T] -> audio [B, C, T * 640] float32 in [-1, 1] on the CPU."""
+    def decode(self, tokens: torch.Tensor, decoder: str = "encodec", *, seed: int | None = None,
+               progress: Progress | None = None) -> torch.Tensor:
+        """tokens [B, K, T] -> audio [B, C, T * 640] float32 in [-1, 1] on the CPU. decoder "mbd": multi-band
+        diffusion (stereo: left and right as two mono items), reproducible with `seed`, `progress(step,
+        total)` after every diffusion model call."""
         tokens = self._check_tokens(tokens)
+        if decoder not in DECODERS:
+            raise InvalidInputError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         C = self.audio_channels
         codes = rearrange(tokens.to(self.device), "b (q c) t -> (b c) q t", c=C)  # stereo: L0 R0 L1 R1 ...
-        audio = self.codec.decode(codes)
+        if decoder == "mbd":
+            generator = torch.Generator().manual_seed(self._check_seed(seed))  # MBD draws its noise on the CPU
+            audio = self.mbd.decode(codes, self.codec, generator, progress)
+        else:
+            audio = self.codec.decode(codes)
         return rearrange(audio, "(b c) 1 s -> b c s", c=C).clamp(-1.0, 1.0).float().cpu()
 
     def generate(
@@ -153,6 +178,7 @@ class MusicGen:
         progress: Progress | None = None,
         melody: tuple[object, int] | None = None,
         extend_stride: float = EXTEND_STRIDE,
+        decoder: str = "encodec",
     ) -> GenerationOutput:
         """Generate `duration` seconds (up to 300) of music for each prompt ("" = unconditional).
 
@@ -161,10 +187,11 @@ class MusicGen:
         `melody=(wave, sample_rate)` (melody checkpoints only): a tensor or numpy array [S], [C, S] or
         [B, C, S] (one tune for every prompt, or one per prompt), any rate and channel count. Beyond 30 s
         the piece is made window by window, each new 30 s window prompted with the last
-        30 - extend_stride seconds of the previous one."""
+        30 - extend_stride seconds of the previous one. decoder="mbd": the tokens become audio through
+        multi-band diffusion (`out.audio_encodec` keeps the EnCodec version; progress covers both stages)."""
         return self._finish(self.stream(prompts, duration, top_k=top_k, top_p=top_p, temperature=temperature,
-                                         cfg_coef=cfg_coef, seed=seed, melody=melody, extend_stride=extend_stride),
-                            progress)
+                                         cfg_coef=cfg_coef, seed=seed, melody=melody, extend_stride=extend_stride,
+                                         decoder=decoder, progress=progress), progress)
 
     def generate_continuation(
         self,
@@ -181,13 +208,15 @@ class MusicGen:
         progress: Progress | None = None,
         melody: tuple[object, int] | None = None,
         extend_stride: float = EXTEND_STRIDE,
+        decoder: str = "encodec",
     ) -> GenerationOutput:
         """Continue `prompt_audio` ([S], [C, S] or [B, C, S], any rate, shorter than 30 s): it is encoded
         with EnCodec and the music goes on from it. The output holds the (re-encoded) prompt followed by
         the continuation; `duration` counts the whole result."""
         return self._finish(self.stream(prompts, duration, top_k=top_k, top_p=top_p, temperature=temperature,
                                          cfg_coef=cfg_coef, seed=seed, melody=melody, extend_stride=extend_stride,
-                                         continue_from=(prompt_audio, prompt_sample_rate)), progress)
+                                         continue_from=(prompt_audio, prompt_sample_rate), decoder=decoder,
+                                         progress=progress), progress)
 
     def stream(
         self,
@@ -202,15 +231,20 @@ class MusicGen:
         melody: tuple[object, int] | None = None,
         extend_stride: float = EXTEND_STRIDE,
         continue_from: tuple[object, int] | None = None,
+        decoder: str = "encodec",
+        progress: Progress | None = None,
     ) -> Iterator[StreamStep | GenerationOutput]:
         """`generate` (or, with `continue_from=(wave, sample_rate)`, `generate_continuation`) as an
         iterator: a `StreamStep` after every decode step with the frames of the piece complete so far,
         then the `GenerationOutput`. Everything is validated at the first `next()`; stop iterating to
-        cancel."""
+        cancel. With decoder="mbd" the diffusion steps are reported through `progress(step, total)` (the
+        totals of the StreamSteps include them)."""
         prompts = self._check_prompts(prompts)
         frames = self._check_duration(duration)
         params = self._check_sampling(top_k, top_p, temperature, cfg_coef)
         seed = self._check_seed(seed)
+        if decoder not in DECODERS:
+            raise InvalidInputError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         B, hop = len(prompts), self.cfg.codec.hop_length
         wave = self._melody_wave(melody, B, frames / self.frame_rate)
         head = None
@@ -232,7 +266,9 @@ class MusicGen:
         generator = torch.Generator(self.device).manual_seed(seed)
         text, mask = self.encode_text(prompts)
         delays, maxd = self.cfg.lm.delays, max(self.cfg.lm.delays)
-        total = sum(w.new + maxd for w in plan)
+        lm_total = sum(w.new + maxd for w in plan)
+        mbd = self.mbd if decoder == "mbd" else None  # fetched before the long part, so a download error is early
+        total = lm_total + (mbd.total_steps if mbd is not None else 0)
         piece = head if head is not None else torch.zeros(B, self.num_codebooks, 0, dtype=torch.long,
                                                           device=self.device)
         done = 0
@@ -248,7 +284,13 @@ class MusicGen:
             assert seq is not None
             piece = torch.cat([piece, undelay(seq, delays, w.frames)[..., w.prompt :]], dim=-1)
             done += w.new + maxd
-        yield GenerationOutput(self.decode(piece), piece.cpu(), self.sample_rate, seed)
+        audio = self.decode(piece)
+        if mbd is None:
+            yield GenerationOutput(audio, piece.cpu(), self.sample_rate, seed)
+            return
+        tick = (lambda s, _: progress(lm_total + s, total)) if progress is not None else None
+        yield GenerationOutput(self.decode(piece, "mbd", seed=seed, progress=tick), piece.cpu(), self.sample_rate,
+                               seed, audio_encodec=audio)
 
     @staticmethod
     def _finish(events: Iterator[StreamStep | GenerationOutput], progress: Progress | None) -> GenerationOutput:

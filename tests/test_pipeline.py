@@ -98,7 +98,7 @@ def test_cli_help_documents_every_option() -> None:
     proc = subprocess.run([sys.executable, "-m", "musicgen", "--help"], cwd=ROOT, capture_output=True, text=True)
     for flag in ("--duration", "--model", "--seed", "--top-k", "--top-p", "--temperature", "--cfg-coef",
                  "--device", "--dtype", "--revision", "--output", "--melody", "--quantize", "--continue",
-                 "--extend-stride"):
+                 "--extend-stride", "--decoder"):
         assert flag in proc.stdout
 
 

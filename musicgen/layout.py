@@ -37,10 +37,11 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
-        w = weight.float()
+        w = weight.detach().float().clone()  # worked on in place: one float temporary per layer
         # the kernel takes bf16 scales: quantize with the rounded scale so the error stays within half a step
         scales = (w.abs().amax(dim=1) / INT8_MAX).clamp(min=1e-30).to(torch.bfloat16)
-        q = torch.round(w / scales.float()[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+        q = w.div_(scales.float()[:, None]).round_().clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+        del w
         self.register_buffer("q", q)
         self.register_buffer("scales", scales)
         self.out_features = weight.shape[0]

@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import LMConfig
 from .layout import relayout_linears
-from .weights import Cat, Checkpoint, Source, load_module
+from .weights import Cat, Checkpoint, Source, load_module, release_free_memory
 
 PREFIX = "decoder.model.decoder."
 HEADS_PREFIX = "decoder.lm_heads."
@@ -279,6 +279,7 @@ class LM(nn.Module):
         for prefix, part in parts:  # (non-persistent buffers are not in any state dict)
             load_module(part, ckpt, lambda n, p=prefix: model.source_of(p + n), device, dtype)
             relayout_linears(part, device, quantize)
+            release_free_memory()
         relayout_linears(model, device, quantize)  # the parts that are linears themselves (the heads)
         model.init_buffers(device, dtype)
         return model.eval()

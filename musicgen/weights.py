@@ -3,23 +3,37 @@
 Each model module declares one explicit mapping from its own parameter names to checkpoint keys
 (`Source`s below). `load_module` builds nothing itself: it takes a module constructed on the meta
 device, fetches every tensor its state dict needs (checking the shape against the module), converts
-it to the target device / dtype one tensor at a time (so peak memory stays near one copy of the
-weights) and assigns it. `Checkpoint.check_all_used` then proves no key was left unread.
+it to the target device / dtype one tensor at a time and assigns it. `Checkpoint.check_all_used` then
+proves no key was left unread.
+
+The files are memory-mapped, and each tensor is copied out and its pages released from the mapping
+(madvise DONTNEED) as soon as it is read. safetensors' own `safe_open` hands out views into a mapping that
+stays resident for as long as any view lives, so re-laid-out (transposed, int8) weights would briefly
+cost the file's size twice; this way loading peaks near one copy of the weights.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import mmap
+import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from .errors import CheckpointError
 
+# safetensors dtype names (https://github.com/huggingface/safetensors, format spec) -> torch
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+PAGE = mmap.PAGESIZE
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -64,20 +78,37 @@ class Checkpoint:
                 "pickle weights (*.bin, *.pt) are never loaded for safety"
             )
         self.folder = folder
-        self._files: dict[str, object] = {}
-        self._where: dict[str, str] = {}
+        self._maps: dict[str, mmap.mmap] = {}
+        self._where: dict[str, tuple[str, str, tuple[int, ...], int, int]] = {}  # key -> file, dtype, shape, span
         for name in files:
             path = folder / name
             if not path.is_file():
                 raise CheckpointError(f"checkpoint shard {path} is missing")
-            try:
-                handle = safe_open(str(path), framework="pt", device="cpu")
-            except Exception as e:  # safetensors raises its own error types for corrupt headers
-                raise CheckpointError(f"cannot read {path}: {e}") from e
-            self._files[name] = handle
-            for key in handle.keys():
-                self._where[key] = name
+            self._open(path, name)
         self.used: set[str] = set()
+
+    def _open(self, path: Path, name: str) -> None:
+        """Map one safetensors file and index its header: [u64 n][n bytes of JSON][tensor data]."""
+        try:
+            with open(path, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            (n,) = struct.unpack("<Q", mm[:8])
+            header = json.loads(mm[8 : 8 + n])
+        except (OSError, ValueError, struct.error) as e:
+            raise CheckpointError(f"cannot read {path}: not a valid safetensors file ({e})") from e
+        base = 8 + n
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            try:
+                dtype, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+                size = DTYPES[dtype].itemsize * int(torch.Size(shape).numel())
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: bad header entry for {key!r}: {e}") from e
+            if end - start != size or base + end > len(mm):
+                raise CheckpointError(f"{path}: tensor {key!r} lies outside the file (truncated download?)")
+            self._where[key] = (name, dtype, shape, base + start, base + end)
+        self._maps[name] = mm
 
     def keys(self) -> set[str]:
         return set(self._where)
@@ -86,13 +117,23 @@ class Checkpoint:
         return key in self._where
 
     def tensor(self, key: str) -> torch.Tensor:
+        """A copy of tensor `key` in ordinary memory; its pages are then dropped from the mapping."""
         if key not in self._where:
             raise CheckpointError(f"checkpoint in {self.folder} is missing tensor {key!r}")
         self.used.add(key)
-        try:
-            return self._files[self._where[key]].get_tensor(key)  # type: ignore[attr-defined]
-        except Exception as e:
-            raise CheckpointError(f"cannot read tensor {key!r} from {self.folder}: {e}") from e
+        name, dtype, shape, start, end = self._where[key]
+        mm = self._maps[name]
+        out = torch.empty(shape, dtype=DTYPES[dtype])
+        if end > start:
+            with warnings.catch_warnings():  # the mapping is read-only; we copy out of it at once
+                warnings.simplefilter("ignore", UserWarning)
+                raw = torch.frombuffer(mm, dtype=torch.uint8, count=end - start, offset=start)
+            out.view(-1).view(torch.uint8).copy_(raw)
+            del raw
+            first, last = -(-start // PAGE) * PAGE, end // PAGE * PAGE  # whole pages inside the tensor
+            if last > first:
+                mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+        return out
 
     def fetch(self, source: Source) -> torch.Tensor:
         if isinstance(source, str):
@@ -122,6 +163,13 @@ class Checkpoint:
             shown = ", ".join(left[:8]) + (" ..." if len(left) > 8 else "")
             raise CheckpointError(f"checkpoint in {self.folder} has {len(left)} tensor(s) this engine "
                                   f"does not understand: {shown}")
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps freed blocks of tens of MB in its arenas, which
+    would otherwise add up while a model is loaded and re-laid-out layer by layer). No-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def load_module(

@@ -1,0 +1,354 @@
+"""MusicGen studio: a Gradio web app for the `musicgen` engine (also the Hugging Face Space entry point).
+
+    .venv/bin/python app.py [--share] [--server-name 0.0.0.0] [--port 7860] [--device cpu] [--quantize int8]
+
+The page streams audio while the model generates, then shows the WAV, a picture of it, the seed and the
+speed. The API endpoint `/generate` (parameters prompt, duration, model_size, stereo, decoder, melody,
+top_k, top_p, temperature, cfg_coef, seed) returns the finished WAV file. Models come from the standard
+Hugging Face cache (HF_HOME; HF_HUB_OFFLINE=1 with a pre-populated cache works offline). The engine-side
+logic lives in musicgen/studio.py, session.py, streaming.py and media.py; this file is the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import html
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import torch
+
+from musicgen import DownloadError, MusicGen, MusicGenError, media, session, studio
+
+log = logging.getLogger("musicgen.app")
+
+EXAMPLES = [
+    "lofi hip hop beat with mellow piano, vinyl crackle and soft drums",
+    "80s synthwave with driving bass, gated drums and a shimmering lead",
+    "epic orchestral soundtrack with soaring strings, brass and taiko drums",
+    "acoustic folk guitar ballad, warm and intimate",
+    "upbeat funk groove with slap bass and tight horn stabs, 110 bpm",
+    "ambient drone with evolving pads and distant bells",
+]
+CSS = """
+#generate-row button { min-height: 3rem; }
+.mg-status { font-size: var(--text-md); padding: 4px 2px; }
+.mg-track { height: 10px; border-radius: 5px; background: var(--neutral-200); overflow: hidden; margin-top: 6px; }
+.mg-fill { height: 100%; background: var(--color-accent); transition: width 0.2s linear; }
+.mg-busy .mg-fill { width: 30% !important; animation: mg-slide 1.2s ease-in-out infinite; }
+@keyframes mg-slide { from { margin-left: -30%; } to { margin-left: 100%; } }
+.mg-error, .mg-error * { color: #dc2626 !important; }
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated request and what it needs: the checkpoint, a notice for the user, the melody audio."""
+
+    req: studio.Request
+    ckpt: studio.HubModel
+    notice: str | None
+    melody: tuple[np.ndarray, int] | None
+
+
+class Studio:
+    """Server state shared by every visitor: the model cache, output files, what the engine can do."""
+
+    def __init__(self, device: str | None = None, stream: bool | None = None, **load_kwargs: object) -> None:
+        self.cache = studio.ModelCache(device=device, **load_kwargs)
+        self.features = studio.EngineFeatures.detect()
+        self.stream = shutil.which("ffmpeg") is not None if stream is None else stream  # Gradio encodes with it
+        self.out_dir = Path(tempfile.mkdtemp(prefix="musicgen-studio-"))
+        self.stops = studio.StopRequests()
+        self.run_events = _zero_gpu(self._run_events)
+
+    def job(self, *args: object) -> Job:
+        """Check the request fields (in API order), pick the checkpoint, read the melody: no model needed."""
+        req = studio.parse_request(*args, features=self.features)
+        ckpt, notice = studio.choose_checkpoint(req.model_size, req.stereo, req.melody_path is not None)
+        return Job(req, ckpt, notice, media.load_melody(req.melody_path) if req.melody_path else None)
+
+    def model(self, job: Job, on_load: Callable[[str], None] | None = None) -> MusicGen:
+        mg = self.cache.get(job.ckpt.repo, on_load=on_load)
+        studio.check_prompt_tokens(mg, job.req.prompt)
+        return mg
+
+    def _run_events(self, repo: str, req: studio.Request, melody: tuple | None, stream: bool,
+                    ) -> Iterator[session.Event]:
+        """The GPU part (what `spaces.GPU` wraps on ZeroGPU): the model is loaded before, outside it."""
+        yield from session.run(self.cache.get(repo), req, melody, stream=stream)
+
+    def output_path(self, seed: int, tag: str = "") -> Path:
+        cutoff = time.time() - 3600  # keep an hour of results on disk
+        for old in self.out_dir.glob("*.wav"):
+            if old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
+        return self.out_dir / f"musicgen-{seed}-{time.strftime('%H%M%S')}{tag}.wav"
+
+
+def _zero_gpu(fn: Callable) -> Callable:
+    """On a ZeroGPU Space, `spaces.GPU` with a time budget estimated from the request; elsewhere `fn`."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return fn
+
+    def budget(repo: str, req: studio.Request, melody: tuple | None, stream: bool) -> int:
+        return studio.gpu_seconds(req.model_size, req.duration, req.decoder)
+
+    return spaces.GPU(duration=budget)(fn)
+
+
+@contextlib.contextmanager
+def user_errors(st: Studio) -> Iterator[None]:
+    """Every failure becomes a `gr.Error` with a message for people; the server keeps serving."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except DownloadError as e:
+        log.warning("model download failed: %s", e)
+        raise gr.Error(f"The model could not be loaded: {e}", title="Model unavailable", print_exception=False) from e
+    except MusicGenError as e:
+        msg = str(e)
+        raise gr.Error(msg[:1].upper() + msg[1:], title="Cannot generate", print_exception=False) from e
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and not _is_oom_message(str(e)):
+            log.exception("generation failed")
+            raise gr.Error(f"Generation failed ({type(e).__name__}: {e}). Please try again.") from e
+        log.warning("out of memory: %s", e)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise gr.Error(studio.describe_oom(st.cache.device), title="Out of memory", print_exception=False) from e
+    except Exception as e:
+        log.exception("generation failed")
+        raise gr.Error(f"Generation failed ({type(e).__name__}: {e}). Please try again.") from e
+
+
+def _is_oom_message(msg: str) -> bool:
+    """CPU allocations that fail surface as a RuntimeError from torch's allocator."""
+    msg = msg.lower()
+    return "out of memory" in msg or "can't allocate memory" in msg
+
+
+def status_html(text: str, fraction: float | None = None, error: bool = False) -> str:
+    """The status line with a progress bar (`fraction` None: an indeterminate, busy bar)."""
+    kind = " mg-error" if error else " mg-busy" if fraction is None else ""
+    width = 100 * min(max(fraction or 0.0, 0.0), 1.0)
+    return (f'<div class="mg-status{kind}"><div>{html.escape(text)}</div><div class="mg-track">'
+            f'<div class="mg-fill" style="width: {width:.1f}%"></div></div></div>')
+
+
+def progress_status(event: session.Progress, duration: float, started: float) -> str:
+    elapsed = time.monotonic() - started
+    if event.stage == "frames":
+        seconds = duration * event.done / max(event.total, 1)
+        text = f"Generating: {event.done} / {event.total} frames ({seconds:.1f} s of audio, {elapsed:.0f} s)"
+    else:
+        text = f"Multi-band diffusion decoder: step {event.done} / {event.total} ({elapsed:.0f} s)"
+    return status_html(text, event.done / max(event.total, 1))
+
+
+def summary(res: session.Result, job: Job, device: object) -> str:
+    lines = [f"**Seed** `{res.seed}` · **{res.seconds:.1f} s** of audio in **{res.elapsed:.1f} s** "
+             f"(real-time factor {res.rtf:.2f}) · `{job.ckpt.repo}` on {str(device).upper()}"]
+    if job.notice:
+        lines.append(f"ℹ️ {job.notice}")
+    return "\n\n".join(lines)
+
+
+def _hint(size: str, stereo: bool, melody: str | None, decoder: str = "encodec") -> str:
+    ckpt, notice = studio.choose_checkpoint(size, stereo, bool(melody))
+    lines = [ckpt.hint, notice or ""]
+    if decoder == "mbd":
+        lines.append(f"Multi-band diffusion: `{studio.MBD_REPO}` is downloaded on first use; 80 diffusion model "
+                     "passes per clip, much slower than EnCodec (especially on a CPU)")
+    return "  \n".join(line for line in lines if line)
+
+
+def build_demo(st: Studio) -> gr.Blocks:
+    with gr.Blocks(title="MusicGen studio", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown("# MusicGen studio\nDescribe the music, press **Generate**, and listen while it is being made. "
+                    "Meta's [MusicGen](https://github.com/facebookresearch/audiocraft) models, run by a from-scratch "
+                    "PyTorch engine.")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, placeholder=EXAMPLES[0], autofocus=True)
+                with gr.Row(elem_id="generate-row"):
+                    generate_btn = gr.Button("Generate", variant="primary", scale=3)
+                    stop_btn = gr.Button("Stop", variant="stop", scale=1)
+                gr.Examples([[e] for e in EXAMPLES], inputs=[prompt], label="Examples (click to use)")
+                duration = gr.Slider(studio.MIN_DURATION, studio.MAX_DURATION, value=studio.DEFAULT_DURATION,
+                                     step=1, label="Duration (seconds)")
+                with gr.Row():
+                    model_size = gr.Radio(list(studio.SIZES), value="small", label="Model size", scale=3)
+                    stereo = gr.Checkbox(value=False, label="Stereo", scale=1, min_width=100)
+                decoder = gr.Radio([(v, k) for k, v in studio.DECODERS.items()], value="encodec", label="Decoder")
+                model_hint = gr.Markdown(_hint("small", False, None))
+                melody = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                                  label="Melody (optional: the tune to follow, first 30 s are used)")
+                with gr.Accordion("Advanced", open=False):
+                    top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k (0 = off)")
+                    top_p = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Top-p (0 = off; above 0 replaces top-k)")
+                    temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0 = greedy)")
+                    cfg_coef = gr.Slider(0.0, 10.0, value=3.0, step=0.1, label="Classifier-free guidance")
+                    with gr.Row():
+                        seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=studio.MAX_SEED,
+                                         label="Seed (-1 = random)", scale=3)
+                        dice = gr.Button("🎲 Randomize", scale=1)
+                        reuse = gr.Button("♻️ Last seed", scale=1)
+            with gr.Column(scale=6):
+                status = gr.HTML(status_html("Ready", 0.0), elem_id="status")
+                live = gr.Audio(label="Live preview (plays while generating)", streaming=True, autoplay=True,
+                                interactive=False, visible=st.stream, elem_id="live")
+                with gr.Row():
+                    result = gr.Audio(label="Result", type="filepath", interactive=False, elem_id="result",
+                                      buttons=["download"])
+                    result_mbd = gr.Audio(label="Multi-band diffusion", type="filepath", interactive=False,
+                                          visible=False, elem_id="result-mbd", buttons=["download"])
+                picture = gr.Image(label="Waveform and spectrogram", type="pil", format="png", interactive=False,
+                                   elem_id="picture")
+                info = gr.Markdown(elem_id="info")
+        last_seed = gr.State(None)
+        inputs = [prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef, seed]
+
+        def studio_ui(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef,
+                      seed, request: gr.Request):
+            """The page's Generate: status bar, live chunks, then the result, picture and summary."""
+            session_id, started = request.session_hash or "", time.monotonic()
+            try:
+                with user_errors(st):
+                    yield from _studio_run(session_id, started, prompt, duration, model_size, stereo, decoder,
+                                           melody, top_k, top_p, temperature, cfg_coef, seed)
+            except gr.Error as e:  # the toast goes away; the status line keeps the reason
+                yield {status: status_html(f"{e.title}: {e.message}", 0.0, error=True)}
+                raise
+            finally:
+                st.stops.disarm(session_id)
+
+        def _studio_run(session_id: str, started: float, *args) -> Iterator[dict]:
+            job = st.job(*args)
+            if job.notice:
+                gr.Info(job.notice)
+            clear = {result: gr.update(value=None, label="Result"), picture: None, info: "",
+                     result_mbd: gr.update(value=None, visible=False)}
+            if st.cache.current != job.ckpt.repo:
+                size = f"≈{job.ckpt.download_gb:g} GB download on first use"
+                yield clear | {status: status_html(f"Loading {job.ckpt.repo} ({size})…")}
+            st.model(job)
+            yield clear | {live: None, status: status_html(f"Generating with {job.ckpt.repo}…", 0.0)}
+            shown, res = 0.0, None
+            events = st.run_events(job.ckpt.repo, job.req, job.melody, st.stream)
+            for event in events:
+                if st.stops.requested(session_id):
+                    getattr(events, "close", lambda: None)()  # stops the engine's worker at its next step
+                    yield {status: status_html("Stopped", 0.0)}
+                    return
+                if isinstance(event, session.Chunk):
+                    yield {live: media.wav_bytes(event.audio, event.sample_rate)}
+                elif isinstance(event, session.Progress):
+                    if time.monotonic() - shown > 0.25:
+                        shown = time.monotonic()
+                        yield {status: progress_status(event, job.req.duration, started)}
+                else:
+                    res = event
+            assert res is not None
+            tag = "-mbd" if res.encodec is not None else ""
+            final = media.write_wav(st.output_path(res.seed, tag), res.audio, res.sample_rate)
+            update = {result: final, picture: media.render_picture(res.audio, res.sample_rate),
+                      info: summary(res, job, st.cache.device), last_seed: res.seed,
+                      status: status_html(f"Done: {res.seconds:.1f} s of audio in {res.elapsed:.1f} s", 1.0)}
+            if res.encodec is not None:  # both versions side by side, as audiocraft's demo does
+                plain = media.write_wav(st.output_path(res.seed, "-encodec"), res.encodec, res.sample_rate)
+                update |= {result: gr.update(value=plain, label="EnCodec"),
+                           result_mbd: gr.update(value=final, visible=True)}
+            yield update
+
+        def generate(prompt: str, duration: float = studio.DEFAULT_DURATION, model_size: str = "small",
+                     stereo: bool = False, decoder: str = "encodec", melody: str | None = None, top_k: int = 250,
+                     top_p: float = 0.0, temperature: float = 1.0, cfg_coef: float = 3.0, seed: int = -1,
+                     progress=gr.Progress()) -> str:  # noqa: B008 (how Gradio injects a progress tracker)
+            """Generate music from a text prompt; returns the WAV file (from the chosen decoder).
+            seed -1 draws a random one; melody (an audio file) picks a melody checkpoint."""
+            with user_errors(st):
+                job = st.job(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature,
+                             cfg_coef, seed)
+                st.model(job, on_load=lambda repo: progress((0, None), desc=f"Loading {repo}…"))
+                for event in st.run_events(job.ckpt.repo, job.req, job.melody, False):
+                    if isinstance(event, session.Progress):
+                        unit = "frames" if event.stage == "frames" else "diffusion steps"
+                        progress((event.done, event.total), desc="Generating", unit=unit)
+                    elif isinstance(event, session.Result):
+                        return str(media.write_wav(st.output_path(event.seed), event.audio, event.sample_rate))
+            raise gr.Error("Generation ended without audio")
+
+        def arm(request: gr.Request) -> str:
+            st.stops.arm(request.session_hash or "")
+            return status_html("Waiting for the model…")  # until the run starts (others may be ahead in the queue)
+
+        def stop(request: gr.Request) -> None:
+            st.stops.request(request.session_hash or "")
+
+        triggers = [generate_btn.click, prompt.submit]
+        gr.on(triggers, arm, inputs=None, outputs=status, queue=False, api_visibility="private", show_progress="hidden")
+        gr.on(triggers, studio_ui, inputs=inputs, outputs=[status, live, result, result_mbd, picture, info, last_seed],
+              show_progress="hidden", api_visibility="private", concurrency_id="musicgen", concurrency_limit=1)
+        # Stop is cooperative (the run ends itself at its next step): Gradio's `cancels` raced with the
+        # streamed outputs in 6.31 and could leave the page believing the run was still going
+        stop_btn.click(stop, inputs=None, outputs=None, queue=False, api_visibility="private", show_progress="hidden")
+        gr.on([], generate, inputs=inputs, outputs=[result], api_name="generate", concurrency_id="musicgen",
+              concurrency_limit=1)
+        gr.on([model_size.change, stereo.change, melody.change, decoder.change], _hint,
+              inputs=[model_size, stereo, melody, decoder], outputs=model_hint, queue=False, api_visibility="private",
+              show_progress="hidden")
+        dice.click(studio.fresh_seed, outputs=seed, queue=False, api_visibility="private")
+        reuse.click(lambda s: gr.skip() if s is None else s, inputs=last_seed, outputs=seed, queue=False,
+                    api_visibility="private")
+    return demo
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="MusicGen studio: the web app")
+    p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    p.add_argument("--server-name", default=None, help="interface to listen on, e.g. 0.0.0.0 [127.0.0.1]")
+    p.add_argument("--port", type=int, default=None, help="port [7860, or the next free one]")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available, else cpu]")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="weight-only int8 LM (faster on CPU)")
+    p.add_argument("--max-queue", type=int, default=16, help="requests waiting at most [16]")
+    return p
+
+
+def serve(st: Studio, *, share: bool = False, server_name: str | None = None, port: int | None = None,
+          max_queue: int = 16, prevent_thread_lock: bool = False, quiet: bool = False) -> tuple[gr.Blocks, str]:
+    """Build the page, queue it (one generation at a time, at most `max_queue` waiting) and start serving;
+    returns (demo, local URL)."""
+    demo = build_demo(st)
+    demo.queue(max_size=max_queue, default_concurrency_limit=1)
+    _, url, _ = demo.launch(share=share, server_name=server_name, server_port=port, css=CSS, quiet=quiet,
+                            theme=gr.themes.Default(primary_hue="orange"), max_file_size="50mb",
+                            prevent_thread_lock=prevent_thread_lock)
+    return demo, url
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    load_kwargs = {"quantize": args.quantize} if args.quantize else {}
+    st = Studio(device=args.device, **load_kwargs)
+    log.info("device %s; live preview %s; melody %s; diffusion decoder %s", st.cache.device,
+             "on" if st.stream else "off (install ffmpeg)", st.features.melody, st.features.mbd)
+    serve(st, share=args.share, server_name=args.server_name, port=args.port, max_queue=args.max_queue)
+
+
+if __name__ == "__main__":
+    main()

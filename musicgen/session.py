@@ -1,0 +1,197 @@
+"""One generation for the web app, as a stream of events: progress, audio chunks to play while the model
+is still generating, then the result.
+
+The engine's `MusicGen.stream` runs in a worker thread that hands its steps over through a queue, so
+progress keeps flowing while the engine is busy in one long call (the multi-band diffusion decoder reports
+its steps through a callback), and decoding chunks for playback overlaps with generation. Chunks come
+from a `StreamDecoder` over the growing token prefix, so they concatenate to the EnCodec decode of the
+final tokens; with the diffusion decoder they are the EnCodec preview and the result carries both.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .pipeline import GenerationOutput, MusicGen, StreamStep
+from .streaming import StreamDecoder
+from .studio import Request, fresh_seed
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # "frames" (token generation) or "diffusion" (diffusion decoder steps)
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    audio: np.ndarray  # [C, s] float32: the samples after the previous chunk's
+    start: int  # index of its first sample in the whole clip
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class Result:
+    audio: np.ndarray  # [C, S] float32 from the chosen decoder
+    encodec: np.ndarray | None  # [C, S] the EnCodec version when the diffusion decoder made `audio`
+    sample_rate: int
+    seed: int
+    elapsed: float  # seconds from the start of generation to the decoded audio
+
+    @property
+    def seconds(self) -> float:
+        return self.audio.shape[-1] / self.sample_rate
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: generation time / audio length (below 1 is faster than real time)."""
+        return self.elapsed / self.seconds if self.seconds else float("inf")
+
+
+Event = Progress | Chunk | Result
+
+
+def engine_kwargs(req: Request, seed: int, melody: tuple[np.ndarray, int] | None) -> dict:
+    """`MusicGen.stream` keyword arguments; melody / decoder only when used, so an engine without them
+    is called exactly as before."""
+    kwargs: dict = dict(top_k=req.top_k, top_p=req.top_p, temperature=req.temperature, cfg_coef=req.cfg_coef,
+                        seed=seed)
+    if melody is not None:
+        kwargs["melody"] = melody
+    if req.decoder != "encodec":
+        kwargs["decoder"] = req.decoder
+    return kwargs
+
+
+def ready_to_play(buffered: float, remaining: float, rate: float, margin: float) -> bool:
+    """Can playback start now and run to the end without stalling, if generation keeps its `rate` (seconds
+    of audio per second)? While the rest is generated (remaining / rate seconds), playback consumes
+    buffered audio and what arrives: the buffer must cover the lag, remaining / rate - remaining, plus a
+    `margin` for chunk intervals and the player's own latency."""
+    if remaining <= 0:
+        return True
+    if rate <= 0:
+        return False
+    return buffered >= remaining / rate - remaining + margin
+
+
+class _Stopped(Exception):
+    """Raised inside the engine's progress callback to abandon a run nobody listens to any more."""
+
+
+_END = object()
+
+
+def _engine_items(mg: MusicGen, req: Request, kwargs: dict) -> Iterator[object]:
+    """The engine's steps, produced in a worker thread: StreamStep, ("tick", step, total) from the progress
+    callback, GenerationOutput. Closing this iterator stops the worker at its next step."""
+    items: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def tick(step: int, total: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+        items.put(("tick", step, total))
+
+    if req.decoder != "encodec" and "progress" in inspect.signature(mg.stream).parameters:
+        kwargs = {**kwargs, "progress": tick}
+
+    def work() -> None:
+        steps = None
+        try:
+            steps = mg.stream(req.prompt, req.duration, **kwargs)
+            for item in steps:
+                items.put(item)
+                if stop.is_set():
+                    break
+        except _Stopped:
+            pass
+        except BaseException as e:  # handed to the consumer, which raises it in its own thread
+            items.put(e)
+        finally:
+            if steps is not None:
+                steps.close()
+            items.put(_END)  # always: the consumer waits for it
+
+    threading.Thread(target=work, name="musicgen-session", daemon=True).start()
+    try:
+        while (item := items.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, StreamStep):  # only the newest prefix matters: skip the ones already queued
+                while isinstance(_peek(items), StreamStep):
+                    item = items.get()
+            yield item
+    finally:
+        stop.set()
+
+
+def _peek(q: queue.Queue) -> object:
+    with q.mutex:
+        return q.queue[0] if q.queue else None
+
+
+def run(mg: MusicGen, req: Request, melody: tuple[np.ndarray, int] | None = None, *, stream: bool = True,
+        chunk_seconds: float = 1.5, max_piece: float = 2.0, clock: Callable[[], float] = time.perf_counter,
+        ) -> Iterator[Event]:
+    """Generate `req` with `mg`: `Progress` as decode (and diffusion) steps complete, `Chunk`s of new
+    audio (when `stream`), the `Result` last. Closing the iterator stops the engine (cancel).
+
+    The token prefix is decoded every `chunk_seconds` of wall time (every 0.25 s until playback starts).
+    Chunks are held back until playback started then would not stall at the measured generation speed (at
+    once on a fast GPU, around half-way through on a slow CPU), then sent in pieces of at most `max_piece`
+    seconds (small segments keep a streaming player's playlist polling fast)."""
+    seed = req.seed if req.seed is not None else fresh_seed()
+    sr, frame_rate = mg.sample_rate, mg.frame_rate
+    frames = round(req.duration * frame_rate)
+    decoder = StreamDecoder(mg, frames) if stream else None
+    pending: list[np.ndarray] = []
+    sent = 0  # samples already sent in chunks
+    playing = False
+    start = last = clock()
+    first: tuple[float, int] | None = None  # (time, frames) at the first decode step: the speed reference
+    lm_steps = 0  # decode steps, where the engine's progress ticks for the diffusion decoder start
+    out: GenerationOutput | None = None
+    for item in _engine_items(mg, req, engine_kwargs(req, seed, melody)):
+        if isinstance(item, tuple):  # ("tick", step, total): the diffusion decoder's steps after the tokens
+            yield Progress("diffusion", item[1] - lm_steps, item[2] - lm_steps)
+        elif isinstance(item, GenerationOutput):
+            out = item
+        elif isinstance(item, StreamStep):
+            n, now, lm_steps = item.tokens.shape[-1], clock(), item.step
+            first = first or (now, n)
+            yield Progress("frames", n, frames)
+            interval = chunk_seconds if playing else min(chunk_seconds, 0.25)  # look often until playback starts
+            if decoder is None or n <= decoder.seen or (n < frames and now - last < interval):
+                continue
+            last = now
+            audio = decoder.push(item.tokens)[0].numpy()
+            if audio.shape[-1]:
+                pending.append(audio)
+            if not playing:
+                rate = (n - first[1]) / frame_rate / max(now - first[0], 1e-6)
+                buffered = (decoder.emitted - sent) / sr
+                playing = ready_to_play(buffered, (frames - n) / frame_rate, rate, chunk_seconds)
+            if playing and pending:
+                whole = np.concatenate(pending, axis=-1)
+                pending = []
+                step = max(1, int(max_piece * sr))
+                for i in range(0, whole.shape[-1], step):
+                    yield Chunk(whole[:, i : i + step], sent, sr)
+                    sent += whole[:, i : i + step].shape[-1]
+    if out is None:
+        raise RuntimeError("the engine stopped without returning the generated audio")
+    elapsed = clock() - start
+    encodec = None
+    if req.decoder != "encodec":
+        kept = getattr(out, "audio_encodec", None)
+        encodec = (kept if kept is not None else mg.decode(out.tokens))[0].numpy()
+    yield Result(out.audio[0].numpy(), encodec, out.sample_rate, out.seed, elapsed)

@@ -1,0 +1,265 @@
+"""The web app's engine side: which checkpoint a request needs, one model in memory at a time, request
+validation with messages for people, seeds, a ZeroGPU time budget, cooperative Stop, and what the engine
+can do (melody, diffusion decoder: read from `MusicGen.stream`'s signature, so the app follows the engine).
+
+Nothing here imports Gradio: app.py maps `MusicGenError` to `gr.Error` and draws the page.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import math
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InvalidInputError
+from .pipeline import MusicGen, default_device
+
+SIZES = ("small", "medium", "large")
+DECODERS = {"encodec": "EnCodec", "mbd": "Multi-band diffusion"}
+MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 1.0, 30.0, 10.0
+MAX_PROMPT_CHARS = 2000  # T5 reads at most 512 tokens; checked again in tokens once the model is loaded
+MAX_SEED = 2**53 - 1  # seeds travel through JSON and JavaScript numbers: keep them exact there
+RANDOM_SEED_BITS = 32  # fresh seeds are short enough to read and type
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A Hub checkpoint the app can pick, with rough size and memory figures for the UI (approximate:
+    float32 weights on disk and in CPU RAM; float16 language model on a GPU)."""
+
+    repo: str
+    params: str
+    download_gb: float
+    ram_gb: float
+    vram_gb: float
+
+    @property
+    def hint(self) -> str:
+        return (f"`{self.repo}`: {self.params} parameters, ≈{self.download_gb:g} GB download on first use, "
+                f"≈{self.ram_gb:g} GB RAM on CPU or ≈{self.vram_gb:g} GB GPU memory")
+
+
+def _variants(size: str, melody: bool, params: str, gb: float, ram: float, vram: float) -> dict:
+    base = {"small": "musicgen-{}small", "medium": "musicgen-{}medium", "large": "musicgen-{}large"}[size]
+    if melody:
+        base = "musicgen-{}melody" + ("-large" if size == "large" else "")
+    return {(size, stereo, melody): HubModel("facebook/" + base.format("stereo-" if stereo else ""), params,
+                                               gb, ram, vram) for stereo in (False, True)}
+
+
+#: (size, stereo, melody) -> checkpoint. There is no small melody model: small + melody uses medium.
+CHECKPOINTS: dict[tuple[str, bool, bool], HubModel] = {
+    **_variants("small", False, "300M", 2.4, 3.5, 2),
+    **_variants("medium", False, "1.5B", 8.0, 9, 5),
+    **_variants("large", False, "3.3B", 13.8, 15, 8),
+    **_variants("medium", True, "1.5B", 6.2, 7, 4),
+    **_variants("large", True, "3.3B", 10.5, 12, 6.5),
+}
+ALL_REPOS = sorted({c.repo for c in CHECKPOINTS.values()})
+MBD_REPO = "facebook/multiband-diffusion"  # the diffusion decoder's weights (musicgen.mbd_checkpoint.REPO_ID)
+
+
+def choose_checkpoint(size: str, stereo: bool, melody: bool) -> tuple[HubModel, str | None]:
+    """-> (checkpoint, a notice for the user when the choice had to be adjusted, else None)."""
+    if size not in SIZES:
+        raise InvalidInputError(f"model size must be one of {', '.join(SIZES)}, got {size!r}")
+    if melody and size == "small":
+        ckpt = CHECKPOINTS[("medium", bool(stereo), True)]
+        return ckpt, f"There is no small melody model: using {ckpt.repo} ({ckpt.params}) for the melody."
+    return CHECKPOINTS[(size, bool(stereo), bool(melody))], None
+
+
+@dataclass(frozen=True)
+class EngineFeatures:
+    """What `MusicGen.stream` accepts, read from its signature: features light up when the engine has them."""
+
+    melody: bool
+    mbd: bool
+
+    @classmethod
+    def detect(cls, stream: Callable | None = None) -> EngineFeatures:
+        params = inspect.signature(stream or MusicGen.stream).parameters  # looked up now, not at import
+        return cls(melody="melody" in params, mbd="decoder" in params)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated generation request (what the UI and the API endpoint send)."""
+
+    prompt: str
+    duration: float
+    model_size: str
+    stereo: bool
+    decoder: str
+    melody_path: str | None
+    top_k: int
+    top_p: float
+    temperature: float
+    cfg_coef: float
+    seed: int | None  # None: draw a fresh one
+
+
+def _number(name: str, value: object, lo: float, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(f"{name} must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidInputError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
+    return float(value)
+
+
+def _integer(name: str, value: object, lo: int, hi: int) -> int:
+    v = _number(name, value, lo, hi)
+    if v != int(v):
+        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+    return int(v)
+
+
+def parse_seed(seed: object) -> int | None:
+    """None, "" or a negative number: random; else an integer in [0, MAX_SEED]."""
+    if seed is None or seed == "":
+        return None
+    if isinstance(seed, str):
+        try:
+            seed = float(seed.strip())
+        except ValueError:
+            raise InvalidInputError(f"seed must be a whole number (or -1 for random), got {seed!r}") from None
+    if isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0:
+        return None
+    return _integer("seed", seed, 0, MAX_SEED)
+
+
+def fresh_seed() -> int:
+    return secrets.randbits(RANDOM_SEED_BITS)
+
+
+def parse_request(prompt: object, duration: object, model_size: object, stereo: object, decoder: object,
+                  melody: object, top_k: object, top_p: object, temperature: object, cfg_coef: object,
+                  seed: object, features: EngineFeatures) -> Request:
+    """Check every field of a request before any model is loaded; errors say what to change."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInputError("the prompt is empty: describe the music you want, e.g. \"lofi hip hop beat with "
+                                "mellow piano\"")
+    prompt = " ".join(prompt.split())
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidInputError(f"the prompt is {len(prompt)} characters long; keep it under {MAX_PROMPT_CHARS} "
+                                "(the text encoder reads at most 512 tokens)")
+    duration = _number("duration", duration, MIN_DURATION, MAX_DURATION)
+    if model_size not in SIZES:
+        raise InvalidInputError(f"model_size must be one of {', '.join(SIZES)}, got {model_size!r}")
+    if not isinstance(stereo, bool):
+        raise InvalidInputError(f"stereo must be true or false, got {stereo!r}")
+    if decoder not in DECODERS:
+        raise InvalidInputError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if decoder == "mbd" and not features.mbd:
+        raise InvalidInputError("the multi-band diffusion decoder is not available yet in this engine: choose "
+                                "the EnCodec decoder")
+    melody_path = melody if melody else None
+    if melody_path is not None and not isinstance(melody_path, str):
+        raise InvalidInputError(f"melody must be an uploaded audio file, got {type(melody).__name__}")
+    if melody_path is not None and not features.melody:
+        raise InvalidInputError("melody conditioning is not available yet in this engine: remove the melody to "
+                                "generate from the text alone")
+    return Request(prompt, duration, str(model_size), stereo, str(decoder), melody_path,
+                   _integer("top_k", top_k, 0, 2048), _number("top_p", top_p, 0.0, 1.0),
+                   _number("temperature", temperature, 0.0, 10.0), _number("cfg_coef", cfg_coef, 0.0, 100.0),
+                   parse_seed(seed))
+
+
+def check_prompt_tokens(mg: MusicGen, prompt: str) -> None:
+    """The T5 limit in tokens (the engine would silently keep the first 512)."""
+    n = len(mg.tokenizer.tok.encode(prompt).ids)
+    if n > mg.tokenizer.max_tokens:
+        raise InvalidInputError(f"the prompt is {n} tokens long; the text encoder reads at most "
+                                f"{mg.tokenizer.max_tokens}: shorten it")
+
+
+def gpu_seconds(model_size: str, duration: float, decoder: str) -> int:
+    """A ZeroGPU time budget for one request: model-dependent seconds per second of audio plus set-up,
+    more with the diffusion decoder (80 UNet passes per clip)."""
+    per_second = {"small": 0.5, "medium": 1.2, "large": 2.2}.get(model_size, 2.2)
+    seconds = 15 + duration * per_second * (2.5 if decoder == "mbd" else 1.0)
+    return int(min(max(seconds, 30), 300))
+
+
+def describe_oom(device: torch.device | str | None) -> str:
+    where = "GPU" if str(device).startswith("cuda") else "the server's"
+    return (f"out of memory: {where} memory is too small for this request. Try a smaller model, a shorter "
+            "duration, or mono instead of stereo")
+
+
+class ModelCache:
+    """One model in memory at a time, loaded on demand under a lock; switching frees the previous one
+    first, so peak memory is one model (plus whatever a cancelled run still holds until it stops)."""
+
+    def __init__(self, loader: Callable[[str], MusicGen] | None = None, device: str | None = None,
+                 **load_kwargs: object) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        self._loader = loader or (lambda repo: MusicGen.from_pretrained(repo, device=self.device, **load_kwargs))
+        self._lock = threading.Lock()
+        self._repo: str | None = None
+        self._model: MusicGen | None = None
+
+    @property
+    def current(self) -> str | None:
+        return self._repo
+
+    def get(self, repo: str, on_load: Callable[[str], None] | None = None) -> MusicGen:
+        """The model for `repo`, loading it (and calling `on_load(repo)` first) unless it is the current one."""
+        with self._lock:
+            if self._model is not None and self._repo == repo:
+                return self._model
+            self._free_locked()
+            if on_load is not None:
+                on_load(repo)
+            model = self._loader(repo)
+            self._model, self._repo = model, repo
+            return model
+
+    def free(self) -> None:
+        with self._lock:
+            self._free_locked()
+
+    def _free_locked(self) -> None:
+        if self._model is None:
+            return
+        self._model, self._repo = None, None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class StopRequests:
+    """Cooperative Stop per browser session: the page's Stop marks the session's armed run, which ends
+    itself at its next check (it closes the engine's generator and reports "Stopped"). Armed when
+    Generate is clicked, so a Stop while the run still waits in the queue counts too; a Stop with
+    nothing armed is ignored."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: dict[str, bool] = {}  # session -> stop requested
+
+    def arm(self, session: str) -> None:
+        with self._lock:
+            self._armed[session] = False
+
+    def request(self, session: str) -> bool:
+        """-> whether a run was there to stop."""
+        with self._lock:
+            if session not in self._armed:
+                return False
+            self._armed[session] = True
+            return True
+
+    def requested(self, session: str) -> bool:
+        with self._lock:
+            return self._armed.get(session, False)
+
+    def disarm(self, session: str) -> None:
+        with self._lock:
+            self._armed.pop(session, None)

@@ -1,0 +1,105 @@
+"""The studio in a real browser: Playwright (Python) driving Debian's chromium against the in-process server.
+
+An error first (empty prompt: the toast says so), then a generation as a person does it: type a prompt,
+click Generate, wait for the finished player. No error may be shown; a screenshot is saved (in the test's
+tmp dir, and in $MUSICGEN_SCREENSHOT_DIR when set). Skipped when chromium is missing outside CI; in CI
+(CI=true) a missing browser is a failure: .ci/run installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from studio_server import Server, get_server
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--mute-audio"]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{CHROMIUM} is missing in CI: .ci/run must install Debian's chromium", pytrace=False)
+    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
+    srv = get_server(tmp_path_factory, request)
+    with srv.offline():
+        yield srv
+
+
+@pytest.fixture
+def page(tmp_path: Path):
+    with sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
+                                                       args=ARGS, viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(60_000)
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+def test_generate_in_the_browser(server: Server, page, tmp_path: Path) -> None:
+    expect = sync_api.expect
+    page.goto(server.url, wait_until="load")
+    generate = page.get_by_role("button", name="Generate", exact=True)
+    errors = page.locator(".toast-body.error")
+
+    generate.click()  # nothing typed yet: a clear message, then the app goes on serving
+    expect(errors.first).to_contain_text("The prompt is empty")
+    page.locator(".toast-close").first.click()
+    expect(errors).to_have_count(0)
+
+    page.get_by_label("Prompt").fill("lofi hip hop beat with mellow piano")
+    seconds = page.get_by_label("number input for Duration (seconds)")
+    seconds.fill("4")
+    seconds.press("Enter")
+    generate.click()
+
+    info = page.locator("#info")
+    expect(info).to_contain_text("Seed", timeout=120_000)
+    expect(info).to_contain_text("4.0 s of audio")
+    expect(page.locator("#result audio").first).to_be_attached()  # the finished player, with its WAV to download
+    expect(page.locator("#result a[download]")).to_have_attribute("href", re.compile(r"musicgen-\d+-\d+\.wav"))
+    page.wait_for_function("() => document.querySelector('#picture img')?.naturalWidth > 0")  # the picture
+    if server.studio.stream:  # the live preview played the streamed chunks (Gradio needs ffmpeg for them)
+        page.wait_for_function("() => document.querySelector('#live audio')?.duration > 3.9")
+    expect(errors).to_have_count(0)
+
+    page.screenshot(path=str(tmp_path / "studio.png"), full_page=True)
+    out = os.environ.get("MUSICGEN_SCREENSHOT_DIR")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "studio.png", Path(out) / "studio.png")
+
+    # Stop: a long generation is cut short, the page says so, and the next one runs
+    seconds.fill("30")
+    seconds.press("Enter")
+    generate.click()
+    status = page.locator("#status")
+    expect(status).to_contain_text("Generating:")
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(status).to_contain_text("Stopped")
+    expect(info).to_have_text("")  # the stopped run had cleared the last result and produced none
+    seconds.fill("1")
+    seconds.press("Enter")
+    if server.studio.features.mbd:  # and with the diffusion decoder: both versions side by side
+        page.get_by_label("Multi-band diffusion").check()
+    generate.click()
+    expect(info).to_contain_text("1.0 s of audio", timeout=120_000)
+    if server.studio.features.mbd:
+        expect(page.locator("#result-mbd audio").first).to_be_attached()
+        expect(page.locator("#result")).to_contain_text("EnCodec")
+    expect(errors).to_have_count(0)
+    page.screenshot(path=str(tmp_path / "studio-mbd.png"), full_page=True)
+    if out:
+        shutil.copy(tmp_path / "studio-mbd.png", Path(out) / "studio-mbd.png")

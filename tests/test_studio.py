@@ -1,0 +1,240 @@
+"""The app's engine side without a server: checkpoint choice, feature detection, request checks, the
+single-model cache, ZeroGPU wrapping, and the media helpers (WAV, melody files, the picture)."""
+
+from __future__ import annotations
+
+import gc
+import io
+import sys
+import threading
+import types
+import weakref
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+from studio_server import ROOT
+
+from musicgen import InvalidInputError, media, studio
+from musicgen.studio import EngineFeatures, ModelCache, choose_checkpoint, parse_request, parse_seed
+
+FEATURES = EngineFeatures(melody=True, mbd=True)
+
+
+def test_every_checkpoint_the_app_can_pick() -> None:
+    assert sorted([
+        "facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
+        "facebook/musicgen-stereo-small", "facebook/musicgen-stereo-medium", "facebook/musicgen-stereo-large",
+        "facebook/musicgen-melody", "facebook/musicgen-melody-large",
+        "facebook/musicgen-stereo-melody", "facebook/musicgen-stereo-melody-large",
+    ]) == studio.ALL_REPOS
+    assert choose_checkpoint("large", True, False) == (studio.CHECKPOINTS[("large", True, False)], None)
+    assert choose_checkpoint("large", True, True)[0].repo == "facebook/musicgen-stereo-melody-large"
+    ckpt, notice = choose_checkpoint("small", False, True)
+    assert ckpt.repo == "facebook/musicgen-melody" and "no small melody model" in notice
+    assert choose_checkpoint("small", True, True)[0].repo == "facebook/musicgen-stereo-melody"
+    assert "≈2.4 GB download" in choose_checkpoint("small", False, False)[0].hint
+    with pytest.raises(InvalidInputError):
+        choose_checkpoint("huge", False, False)
+
+
+def test_readme_lists_every_checkpoint_in_the_space_metadata() -> None:
+    front = (ROOT / "README.md").read_text().split("---")[1]
+    assert "sdk: gradio" in front and "app_file: app.py" in front
+    for repo in [*studio.ALL_REPOS, studio.MBD_REPO]:
+        assert f"  - {repo}\n" in front
+    from musicgen import mbd_checkpoint
+
+    assert studio.MBD_REPO == mbd_checkpoint.REPO_ID
+
+
+def test_features_come_from_the_stream_signature() -> None:
+    def old(self, prompts, duration, *, seed=None): ...
+    def new(self, prompts, duration, *, seed=None, melody=None, decoder="encodec"): ...
+    assert EngineFeatures.detect(old) == EngineFeatures(melody=False, mbd=False)
+    assert EngineFeatures.detect(new) == EngineFeatures(melody=True, mbd=True)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), (-1, None), (-1.0, None), (0, 0),
+                                                 (42, 42), (42.0, 42), ("17", 17), (2**53 - 1, 2**53 - 1)])
+def test_seeds(value, expected) -> None:
+    assert parse_seed(value) == expected
+
+
+@pytest.mark.parametrize("value", [1.5, "abc", 2**53, True, float("nan")])
+def test_bad_seeds(value) -> None:
+    with pytest.raises(InvalidInputError, match="seed"):
+        parse_seed(value)
+
+
+def test_fresh_seeds_fit_in_javascript() -> None:
+    assert all(0 <= studio.fresh_seed() < 2**32 for _ in range(100))
+
+
+def args(**kw):
+    base = dict(prompt="lofi", duration=10, model_size="small", stereo=False, decoder="encodec", melody=None,
+                top_k=250, top_p=0.0, temperature=1.0, cfg_coef=3.0, seed=-1)
+    return {**base, **kw}
+
+
+def test_request_is_normalised() -> None:
+    req = parse_request(**args(prompt="  lofi \n beat ", top_k=250.0, seed="12"), features=FEATURES)
+    assert (req.prompt, req.top_k, req.seed, req.melody_path) == ("lofi beat", 250, 12, None)
+    assert isinstance(req.top_k, int)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"prompt": None}, "prompt is empty"),
+    ({"duration": 0.5}, "duration must be between 1 and 30"),
+    ({"duration": 31}, "between 1 and 30"),
+    ({"duration": "ten"}, "duration must be a number"),
+    ({"model_size": "xl"}, "model_size must be one of"),
+    ({"stereo": "yes"}, "stereo must be true or false"),
+    ({"decoder": "hifigan"}, "decoder must be one of"),
+    ({"top_k": 2.5}, "top_k must be a whole number"),
+    ({"top_p": -0.1}, "top_p must be between"),
+    ({"temperature": float("inf")}, "temperature must be a number"),
+    ({"cfg_coef": -1}, "cfg_coef must be between"),
+    ({"melody": 3}, "melody must be an uploaded audio file"),
+])
+def test_request_errors(kw, message) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        parse_request(**args(**kw), features=FEATURES)
+
+
+def test_gpu_budget_grows_with_the_request() -> None:
+    small = studio.gpu_seconds("small", 10, "encodec")
+    assert 30 <= small < studio.gpu_seconds("large", 30, "encodec") < studio.gpu_seconds("large", 30, "mbd") <= 300
+
+
+class FakeModel:
+    def __init__(self, repo: str) -> None:
+        self.repo = repo
+
+
+def test_model_cache_holds_one_model_and_frees_the_previous() -> None:
+    loads: list[str] = []
+    cache = ModelCache(loader=lambda repo: loads.append(repo) or FakeModel(repo))
+    announced: list[str] = []
+    a = cache.get("a", on_load=announced.append)
+    assert cache.get("a", on_load=announced.append) is a and loads == ["a"] and announced == ["a"]
+    gone = weakref.ref(a)
+    del a
+    b = cache.get("b")
+    gc.collect()
+    assert gone() is None and cache.current == "b" and b.repo == "b"
+    cache.free()
+    assert cache.current is None
+
+
+def test_model_cache_loads_once_under_concurrency() -> None:
+    loads: list[str] = []
+    started = threading.Event()
+
+    def slow(repo: str) -> FakeModel:
+        started.set()
+        loads.append(repo)
+        threading.Event().wait(0.2)
+        return FakeModel(repo)
+
+    cache = ModelCache(loader=slow)
+    got: list[FakeModel] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("a"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loads == ["a"] and len({id(m) for m in got}) == 1
+
+
+def test_model_cache_failed_load_leaves_it_empty() -> None:
+    def fail(repo: str):
+        raise studio.InvalidInputError("no such model")
+
+    cache = ModelCache(loader=fail)
+    with pytest.raises(InvalidInputError):
+        cache.get("x")
+    assert cache.current is None
+
+
+def test_zero_gpu_wraps_generation_with_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app
+
+    calls = {}
+
+    def gpu(duration):
+        def wrap(fn):
+            calls["duration"], calls["fn"] = duration, fn
+            return fn
+        return wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    st = app.Studio(device="cpu", stream=False)
+    assert calls["fn"] == st._run_events
+    req = parse_request(**args(model_size="medium", duration=20), features=FEATURES)
+    assert calls["duration"]("facebook/musicgen-medium", req, None, True) == studio.gpu_seconds("medium", 20,
+                                                                                                 "encodec")
+    monkeypatch.delitem(sys.modules, "spaces")
+    plain = app.Studio(device="cpu", stream=False)
+    assert plain.run_events == plain._run_events  # no `spaces` package: called as is
+
+
+# ------------------------------------------------------------------------------------------- media
+def test_wav_bytes_round_trip() -> None:
+    audio = np.stack([np.linspace(-1, 1, 1000), np.zeros(1000)]).astype(np.float32)
+    data, sr = sf.read(io.BytesIO(media.wav_bytes(audio, 32000)), dtype="float32", always_2d=True)
+    assert sr == 32000 and data.shape == (1000, 2)
+    assert np.abs(data.T - audio).max() < 1e-4
+
+
+def test_picture(tmp_path) -> None:
+    t = np.arange(32000 * 2) / 32000
+    sweep = (0.5 * np.sin(2 * np.pi * (200 + 1000 * t) * t)).astype(np.float32)
+    for channels in (1, 2):
+        img = media.render_picture(np.stack([sweep] * channels), 32000)
+        assert isinstance(img, Image.Image) and img.width == 960
+        pixels = np.asarray(img)
+        assert pixels.std() > 10  # something was drawn
+    img.save(tmp_path / "pic.png")
+    empty = media.render_picture(np.zeros((1, 0), np.float32), 32000)
+    assert empty.height > 0
+
+
+def test_melody_files(tmp_path) -> None:
+    t = np.arange(32000 * 40) / 32000
+    sf.write(str(tmp_path / "long.flac"), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 32000)
+    wave, sr = media.load_melody(tmp_path / "long.flac")
+    assert sr == 32000 and wave.shape == (1, 30 * 32000)  # only the first 30 s are read
+    sf.write(str(tmp_path / "short.wav"), np.full(3000, 0.5, np.float32), 32000)
+    with pytest.raises(InvalidInputError, match="only 0.09 s long"):
+        media.load_melody(tmp_path / "short.wav")
+    sf.write(str(tmp_path / "quiet.wav"), np.full(32000, 1e-4, np.float32), 32000)
+    with pytest.raises(InvalidInputError, match="silent"):
+        media.load_melody(tmp_path / "quiet.wav")
+    (tmp_path / "junk.mp3").write_bytes(b"\x00" * 1000)
+    with pytest.raises(InvalidInputError, match="cannot read the melody file junk.mp3"):
+        media.load_melody(tmp_path / "junk.mp3")
+    with pytest.raises(InvalidInputError, match="was not received"):
+        media.load_melody(tmp_path / "missing.wav")
+
+
+def test_space_sdk_version_is_the_pinned_gradio() -> None:
+    import gradio
+
+    front = (ROOT / "README.md").read_text().split("---")[1]
+    pinned = next(line.split("==")[1].split()[0] for line in (ROOT / "requirements.txt").read_text().splitlines()
+                  if line.startswith("gradio=="))
+    assert f"sdk_version: {pinned}\n" in front and gradio.__version__ == pinned
+
+
+def test_stop_requests_only_reach_an_armed_run() -> None:
+    stops = studio.StopRequests()
+    assert not stops.request("a")  # nothing armed: ignored, and the next run is not affected
+    stops.arm("a")
+    assert not stops.requested("a")
+    assert stops.request("a") and stops.requested("a") and not stops.requested("b")
+    stops.disarm("a")
+    assert not stops.requested("a")
+    stops.arm("a")  # a new run starts clean
+    assert not stops.requested("a")

@@ -137,7 +137,7 @@ def guided_logits(mg, seq: torch.Tensor, frames: int) -> torch.Tensor:
     text, mask = mg.encode_text([PROMPT])
     cond = mg.lm.condition(text, mask, guided=True)
     steps = seq.shape[-1] - 1
-    cache = KVCache.empty(mg.cfg.lm, 2, steps, mg.device, mg.lm.kv_dtype)
+    cache = KVCache.empty(mg.cfg.lm, 2, steps, mg.device, mg.lm.dtype)
     out = [decode_step(mg.lm, seq[:, :, s], s, cache, cond, 3.0)[0].log_softmax(-1) for s in range(steps)]
     return torch.stack(out)
 

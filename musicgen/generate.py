@@ -59,7 +59,7 @@ def iter_steps(
     with torch.inference_mode():
         cond = lm.condition(text, mask, guided, chroma)
         P = cond.prefix_len  # melody models read their conditioning prefix first
-        cache = KVCache.empty(cfg, B * (2 if guided else 1), P + steps, device, lm.kv_dtype)
+        cache = KVCache.empty(cfg, B * (2 if guided else 1), P + steps, device, lm.dtype)
         lm.prefill(cond, cache)
         seq = torch.full((B, K, steps + 1), cfg.card, dtype=torch.long, device=device)
         Tp = 0 if prompt is None else prompt.shape[-1]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LMConfig
-from .layout import Int8Linear, relayout_linears
+from .layout import relayout_linears
 from .weights import Cat, Checkpoint, Source, load_module, release_free_memory
 
 PREFIX = "decoder.model.decoder."
@@ -93,7 +93,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, pos: int | torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
         B, T, D = x.shape
-        q, k, v = self.qkv(x).to(k_cache.dtype).view(B, T, 3, self.h, self.hd).permute(2, 0, 3, 1, 4)  # [B, H, T, hd]
+        q, k, v = self.qkv(x).view(B, T, 3, self.h, self.hd).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
         if isinstance(pos, torch.Tensor):  # static shapes (compile / CUDA graphs): whole cache, masked
             k_cache.index_copy_(2, pos.view(1), k)
             v_cache.index_copy_(2, pos.view(1), v)
@@ -103,7 +103,7 @@ class SelfAttention(nn.Module):
             v_cache[:, :, pos : pos + T] = v
             keys, values = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        return self.out(y.transpose(1, 2).reshape(B, T, D)).to(x.dtype)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
 class CrossAttention(nn.Module):
@@ -122,9 +122,9 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
-        q = self.q(x).to(k.dtype).view(B, T, self.h, self.hd).transpose(1, 2)
+        q = self.q(x).view(B, T, self.h, self.hd).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.out(y.transpose(1, 2).reshape(B, T, D)).to(x.dtype)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
 class Layer(nn.Module):
@@ -172,12 +172,6 @@ class LM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.norm.weight.dtype
 
-    @property
-    def kv_dtype(self) -> torch.dtype:
-        """Attention keys / values (the KV cache) are kept in bfloat16 with int8 weights, whose kernel works
-        in bfloat16 anyway: half the cache traffic per step. Otherwise the model's dtype."""
-        return torch.bfloat16 if isinstance(self.heads, Int8Linear) else self.dtype
-
     def condition(self, text: torch.Tensor, mask: torch.Tensor, guided: bool,
                   chroma: torch.Tensor | None = None) -> Condition:
         """T5 states [B, L, D_text] with mask [B, L] (and one-hot chroma [B, C, 12] for melody models) ->
@@ -193,9 +187,8 @@ class LM(nn.Module):
         if self.chroma_proj is None:
             m = torch.cat([mask, torch.zeros_like(mask)]) if guided else mask
             ks, vs = zip(*(layer.cross_attn.project(x) for layer in self.layers))
-            ks, vs = [k.to(self.kv_dtype) for k in ks], [v.to(self.kv_dtype) for v in vs]
-            bias = torch.where(m, 0.0, torch.finfo(self.kv_dtype).min).to(self.kv_dtype)[:, None, None, :]
-            return Condition(k=ks, v=vs, bias=bias)
+            bias = torch.where(m, 0.0, torch.finfo(x.dtype).min).to(x.dtype)[:, None, None, :]
+            return Condition(k=list(ks), v=list(vs), bias=bias)
         assert chroma is not None, "melody models need a chroma condition (the null melody when none is given)"
         if guided:
             null = torch.zeros_like(chroma)

@@ -16,7 +16,7 @@ import torchaudio
 from einops import rearrange
 
 from .errors import InvalidInputError
-from .melody import RESAMPLE, SILENCE, as_float_audio
+from .melody import RESAMPLE, SILENCE, user_audio
 
 
 @dataclass(frozen=True)
@@ -54,20 +54,7 @@ def prepare_prompt_audio(wave: object, sample_rate: int, batch: int, channels: i
                          max_seconds: float) -> torch.Tensor:
     """User audio to continue -> [batch * channels, 1, S] at the codec rate (stereo models: left, right;
     mono input is used for both sides, more channels are mixed down)."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
-        raise InvalidInputError(f"prompt audio sample rate must be a positive integer, got {sample_rate!r}")
-    x = as_float_audio(wave)
-    if x.dim() == 1:
-        x = x[None, None]
-    elif x.dim() == 2:
-        x = x[None]
-    elif x.dim() != 3:
-        raise InvalidInputError(f"prompt audio must be [samples], [channels, samples] or [batch, channels, samples], "
-                                f"got shape {tuple(x.shape)}")
-    if x.shape[0] not in (1, batch):
-        raise InvalidInputError(f"got {x.shape[0]} prompt audios for {batch} prompts: give one, or one per prompt")
-    if x.shape[1] == 0 or x.shape[2] == 0:
-        raise InvalidInputError("prompt audio is empty")
+    x = user_audio(wave, sample_rate, batch, "prompt audio", "prompt audios")
     if x.shape[2] / sample_rate >= max_seconds:
         raise InvalidInputError(f"prompt audio is {x.shape[2] / sample_rate:.1f} s long: it must be shorter than "
                                 f"the model's {max_seconds:g} s window")

@@ -36,7 +36,7 @@ def chroma_filter_bank(sample_rate: int, n_fft: int, n_chroma: int = 12) -> torc
     return torch.from_numpy(np.ascontiguousarray(w[:, : 1 + n_fft // 2])).float()
 
 
-def as_float_audio(wave: object) -> torch.Tensor:
+def as_float_audio(wave: object, what: str = "melody") -> torch.Tensor:
     """A numpy array or torch tensor of samples (float, or 8-bit unsigned / 16 / 32-bit PCM) -> float32."""
     if isinstance(wave, np.ndarray):
         if wave.dtype == np.uint8:
@@ -44,17 +44,38 @@ def as_float_audio(wave: object) -> torch.Tensor:
         elif np.issubdtype(wave.dtype, np.signedinteger):
             wave = wave.astype(np.float32) / float(2 ** (8 * wave.dtype.itemsize - 1))
         elif not np.issubdtype(wave.dtype, np.floating):
-            raise InvalidInputError(f"melody samples must be numbers, got numpy dtype {wave.dtype}")
+            raise InvalidInputError(f"{what} samples must be numbers, got numpy dtype {wave.dtype}")
         wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
     if not isinstance(wave, torch.Tensor):
-        raise InvalidInputError(f"melody must be a torch tensor or numpy array, got {type(wave).__name__}")
+        raise InvalidInputError(f"{what} must be a torch tensor or numpy array, got {type(wave).__name__}")
     if wave.dtype == torch.uint8:
         return (wave.float() - 128.0) / 128.0
     if not wave.is_floating_point():
         if wave.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
-            raise InvalidInputError(f"melody samples must be numbers, got {wave.dtype}")
+            raise InvalidInputError(f"{what} samples must be numbers, got {wave.dtype}")
         return wave.float() / float(2 ** (8 * wave.element_size() - 1))
     return wave.float()
+
+
+def user_audio(wave: object, sample_rate: int, batch: int, what: str = "melody",
+               plural: str = "melodies") -> torch.Tensor:
+    """User audio for a batch of prompts -> float32 [N, C, S] with N = 1 (one for every prompt) or N = batch.
+    Accepts [S], [C, S] or [N, C, S] of any sample format; checks the rate, the count and emptiness."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise InvalidInputError(f"{what} sample rate must be a positive integer, got {sample_rate!r}")
+    x = as_float_audio(wave, what)
+    if x.dim() == 1:
+        x = x[None, None]
+    elif x.dim() == 2:
+        x = x[None]
+    elif x.dim() != 3:
+        raise InvalidInputError(f"{what} must be [samples], [channels, samples] or [batch, channels, samples], "
+                                f"got shape {tuple(x.shape)}")
+    if x.shape[0] not in (1, batch):
+        raise InvalidInputError(f"got {x.shape[0]} {plural} for {batch} prompts: give one, or one per prompt")
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise InvalidInputError(f"{what} is empty")
+    return x
 
 
 class ChromaExtractor:
@@ -69,20 +90,7 @@ class ChromaExtractor:
         default the model's max_seconds): [N, S] with N = 1 (one melody for every prompt) or N = batch.
         Accepts [S], [C, S] or [N, C, S]."""
         seconds = self.cfg.max_seconds if seconds is None else seconds
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise InvalidInputError(f"melody sample rate must be a positive integer, got {sample_rate!r}")
-        x = as_float_audio(wave)
-        if x.dim() == 1:
-            x = x[None, None]
-        elif x.dim() == 2:
-            x = x[None]
-        elif x.dim() != 3:
-            raise InvalidInputError(f"melody must be [samples], [channels, samples] or [batch, channels, samples], "
-                                    f"got shape {tuple(x.shape)}")
-        if x.shape[0] not in (1, batch):
-            raise InvalidInputError(f"got {x.shape[0]} melodies for {batch} prompts: give one, or one per prompt")
-        if x.shape[1] == 0 or x.shape[2] == 0:
-            raise InvalidInputError("melody is empty")
+        x = user_audio(wave, sample_rate, batch)
         # only the first max_seconds are used: cut before any work (a margin keeps the resampler's edge exact)
         keep = math.ceil(seconds * sample_rate) + sample_rate // 10
         x = x[..., :keep]

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))  # app.py
 import app  # noqa: E402
 
 MONO, STEREO, MELODY = "facebook/musicgen-small", "facebook/musicgen-stereo-small", "facebook/musicgen-melody"
+STEREO_MELODY = "facebook/musicgen-stereo-melody"
 MBD = "facebook/multiband-diffusion"
 
 
@@ -62,6 +63,8 @@ def build_cache(root: Path, features: app.studio.EngineFeatures) -> Path:
         from melody_checkpoints import build_melody_checkpoint
 
         folders[MELODY] = build_melody_checkpoint(root / "src" / "melody", layout="hub", seed=2)[1]
+        folders[STEREO_MELODY] = build_melody_checkpoint(root / "src" / "stereo-melody", layout="hub", seed=4,
+                                                         audio_channels=2)[1]
     if features.mbd:
         from mbd_checkpoints import build_mbd_checkpoint
 

@@ -123,20 +123,31 @@ def test_bad_input_is_reported_then_next_request_works(client: Client, server: S
     assert audio.shape == (32000, 1)
 
 
-def test_melody_with_small_uses_the_melody_model(client: Client, server: Server, tmp_path) -> None:
-    if not server.studio.features.melody:
-        pytest.skip("this engine has no melody conditioning yet")
+def _tune(path, freq: float):
     t = np.arange(3 * 32000) / 32000
-    sf.write(str(tmp_path / "tune.wav"), (0.4 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 32000)
-    audio, _ = generate(client, prompt="piano", duration=1, melody=handle_file(str(tmp_path / "tune.wav")))
-    assert audio.shape == (32000, 1)
+    sf.write(str(path), (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32), 32000)
+    return handle_file(str(path))
+
+
+def test_melody_with_small_uses_the_melody_model(client: Client, server: Server, tmp_path) -> None:
+    assert server.studio.features.melody  # the engine has melody conditioning: the app must use it
+    a, _ = generate(client, prompt="piano", duration=1, seed=3, melody=_tune(tmp_path / "a.wav", 440))
+    assert a.shape == (32000, 1)
     assert server.studio.cache.current == "facebook/musicgen-melody"  # small has no melody variant
+    b, _ = generate(client, prompt="piano", duration=1, seed=3, melody=_tune(tmp_path / "b.wav", 311))
+    again, _ = generate(client, prompt="piano", duration=1, seed=3, melody=_tune(tmp_path / "c.wav", 440))
+    assert np.abs(a - b).max() > 1e-3 and np.array_equal(a, again)  # the melody reaches the model
+
+
+def test_stereo_melody(client: Client, server: Server, tmp_path) -> None:
+    audio, _ = generate(client, prompt="piano", duration=1, stereo=True, melody=_tune(tmp_path / "t.wav", 440))
+    assert audio.shape == (32000, 2) and np.abs(audio[:, 0] - audio[:, 1]).max() > 1e-3
+    assert server.studio.cache.current == "facebook/musicgen-stereo-melody"
 
 
 def test_diffusion_decoder(client: Client, server: Server) -> None:
     """decoder="mbd" (weights from the cache's facebook/multiband-diffusion) returns that decoder's audio."""
-    if not server.studio.features.mbd:
-        pytest.skip("this engine has no multi-band diffusion decoder yet")
+    assert server.studio.features.mbd
     plain, _ = generate(client, prompt="ambient drone", duration=1, seed=99)
     mbd, _ = generate(client, prompt="ambient drone", duration=1, seed=99, decoder="mbd")
     assert plain.shape == mbd.shape == (32000, 1)

@@ -22,7 +22,7 @@ from .pipeline import MusicGen, default_device
 
 SIZES = ("small", "medium", "large")
 DECODERS = {"encodec": "EnCodec", "mbd": "Multi-band diffusion"}
-MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 1.0, 30.0, 10.0
+MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 1.0, 300.0, 10.0  # beyond 30 s: window by window
 MAX_PROMPT_CHARS = 2000  # T5 reads at most 512 tokens; checked again in tokens once the model is loaded
 MAX_SEED = 2**53 - 1  # seeds travel through JSON and JavaScript numbers: keep them exact there
 RANDOM_SEED_BITS = 32  # fresh seeds are short enough to read and type

@@ -152,3 +152,9 @@ def test_diffusion_decoder(client: Client, server: Server) -> None:
     mbd, _ = generate(client, prompt="ambient drone", duration=1, seed=99, decoder="mbd")
     assert plain.shape == mbd.shape == (32000, 1)
     assert np.abs(mbd - plain).max() > 0.01
+
+
+def test_long_piece_through_the_api(client: Client) -> None:
+    """Beyond the 30 s window the engine works window by window; the API returns the whole piece."""
+    audio, sr = generate(client, prompt="ambient drone", duration=35, seed=1)
+    assert audio.shape == (35 * 32000, 1)

@@ -86,8 +86,8 @@ def test_request_is_normalised() -> None:
 
 @pytest.mark.parametrize(("kw", "message"), [
     ({"prompt": None}, "prompt is empty"),
-    ({"duration": 0.5}, "duration must be between 1 and 30"),
-    ({"duration": 31}, "between 1 and 30"),
+    ({"duration": 0.5}, "duration must be between 1 and 300"),
+    ({"duration": 301}, "between 1 and 300"),
     ({"duration": "ten"}, "duration must be a number"),
     ({"model_size": "xl"}, "model_size must be one of"),
     ({"stereo": "yes"}, "stereo must be true or false"),

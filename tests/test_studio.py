@@ -238,3 +238,12 @@ def test_stop_requests_only_reach_an_armed_run() -> None:
     assert not stops.requested("a")
     stops.arm("a")  # a new run starts clean
     assert not stops.requested("a")
+
+
+def test_app_quantizes_by_default_on_cpu() -> None:
+    import app
+
+    assert app.default_quantize("auto", "cpu") == "int8"
+    assert app.default_quantize("auto", "cuda") is None
+    assert app.default_quantize("none", "cpu") is None and app.default_quantize("int8", "cuda") == "int8"
+    assert app.parser().parse_args([]).quantize == "auto"

@@ -128,7 +128,7 @@ class ChromaExtractor:
         c[..., 0] = 1.0
         return c
 
-    def __call__(self, wave: object, sample_rate: int, batch: int) -> torch.Tensor:
-        """User melody -> the prefix chroma [batch, chroma_length, 12]."""
-        c = self.condition(self.chroma(self.prepare(wave, sample_rate, batch)))
+    def prefix(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """Prepared mono audio [N, S] (see `prepare`) -> the prefix chroma [batch, chroma_length, 12]."""
+        c = self.condition(self.chroma(x))
         return c.expand(batch, -1, -1) if c.shape[0] == 1 else c

@@ -154,8 +154,7 @@ class MusicGen:
         diffusion (stereo: left and right as two mono items), reproducible with `seed`, `progress(step,
         total)` after every diffusion model call."""
         tokens = self._check_tokens(tokens)
-        if decoder not in DECODERS:
-            raise InvalidInputError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        self._check_decoder(decoder)
         C = self.audio_channels
         codes = rearrange(tokens.to(self.device), "b (q c) t -> (b c) q t", c=C)  # stereo: L0 R0 L1 R1 ...
         if decoder == "mbd":
@@ -243,8 +242,7 @@ class MusicGen:
         frames = self._check_duration(duration)
         params = self._check_sampling(top_k, top_p, temperature, cfg_coef)
         seed = self._check_seed(seed)
-        if decoder not in DECODERS:
-            raise InvalidInputError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        self._check_decoder(decoder)
         B, hop = len(prompts), self.cfg.codec.hop_length
         wave = self._melody_wave(melody, B, frames / self.frame_rate)
         head = None
@@ -325,8 +323,7 @@ class MusicGen:
             rate = self.chroma.cfg.sample_rate
             start = round(w.offset / self.frame_rate * rate)
             wave = loop_audio(wave, start, round(WINDOW * rate))
-        c = self.chroma.condition(self.chroma.chroma(wave))
-        return (c.expand(batch, -1, -1) if c.shape[0] == 1 else c).to(self.device)
+        return self.chroma.prefix(wave, batch).to(self.device)
 
     # ---------------------------------------------------------------- validation
     @staticmethod
@@ -339,6 +336,11 @@ class MusicGen:
             if not isinstance(p, str):
                 raise InvalidInputError(f"prompt {i} is a {type(p).__name__}, not a string")
         return list(prompts)
+
+    @staticmethod
+    def _check_decoder(decoder: str) -> None:
+        if decoder not in DECODERS:
+            raise InvalidInputError(f"decoder must be one of {DECODERS}, got {decoder!r}")
 
     @staticmethod
     def _check_seed(seed: int | None) -> int:

@@ -4,7 +4,7 @@
 
 The page streams audio while the model generates, then shows the WAV, a picture of it, the seed and the
 speed. The API endpoint `/generate` (parameters prompt, duration, model_size, stereo, decoder, melody,
-top_k, top_p, temperature, cfg_coef, seed) returns the finished WAV file. Models come from the standard
+top_k, top_p, temperature, cfg_coef, seed, continue_audio) returns the finished WAV file. Models come from the standard
 Hugging Face cache (HF_HOME; HF_HUB_OFFLINE=1 with a pre-populated cache works offline). The engine-side
 logic lives in musicgen/studio.py, session.py, streaming.py and media.py; this file is the page.
 """
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import torch
 
 from musicgen import DownloadError, MusicGen, MusicGenError, media, session, studio
@@ -52,12 +51,13 @@ CSS = """
 
 @dataclass(frozen=True)
 class Job:
-    """A validated request and what it needs: the checkpoint, a notice for the user, the melody audio."""
+    """A validated request and what it needs: the checkpoint, a notice for the user, the user's audio."""
 
     req: studio.Request
     ckpt: studio.HubModel
     notice: str | None
-    melody: tuple[np.ndarray, int] | None
+    melody: session.Clip | None
+    continuation: session.Clip | None = None
 
 
 class Studio:
@@ -72,20 +72,25 @@ class Studio:
         self.run_events = _zero_gpu(self._run_events)
 
     def job(self, *args: object) -> Job:
-        """Check the request fields (in API order), pick the checkpoint, read the melody: no model needed."""
+        """Check the request fields (in API order), pick the checkpoint, read the user's audio: no model
+        needed."""
         req = studio.parse_request(*args, features=self.features)
         ckpt, notice = studio.choose_checkpoint(req.model_size, req.stereo, req.melody_path is not None)
-        return Job(req, ckpt, notice, media.load_melody(req.melody_path) if req.melody_path else None)
+        melody = media.load_melody(req.melody_path) if req.melody_path else None
+        clip = media.load_continuation(req.continue_path) if req.continue_path else None
+        if clip is not None:
+            studio.check_continuation(req.duration, clip)
+        return Job(req, ckpt, notice, melody, clip)
 
     def model(self, job: Job, on_load: Callable[[str], None] | None = None) -> MusicGen:
         mg = self.cache.get(job.ckpt.repo, on_load=on_load)
         studio.check_prompt_tokens(mg, job.req.prompt)
         return mg
 
-    def _run_events(self, repo: str, req: studio.Request, melody: tuple | None, stream: bool,
-                    ) -> Iterator[session.Event]:
+    def _run_events(self, repo: str, req: studio.Request, melody: session.Clip | None,
+                    continuation: session.Clip | None, stream: bool) -> Iterator[session.Event]:
         """The GPU part (what `spaces.GPU` wraps on ZeroGPU): the model is loaded before, outside it."""
-        yield from session.run(self.cache.get(repo), req, melody, stream=stream)
+        yield from session.run(self.cache.get(repo), req, melody, continuation=continuation, stream=stream)
 
     def output_path(self, seed: int, tag: str = "") -> Path:
         cutoff = time.time() - 3600  # keep an hour of results on disk
@@ -102,7 +107,7 @@ def _zero_gpu(fn: Callable) -> Callable:
     except ImportError:
         return fn
 
-    def budget(repo: str, req: studio.Request, melody: tuple | None, stream: bool) -> int:
+    def budget(repo: str, req: studio.Request, melody: object, continuation: object, stream: bool) -> int:
         return studio.gpu_seconds(req.model_size, req.duration, req.decoder)
 
     return spaces.GPU(duration=budget)(fn)
@@ -162,6 +167,10 @@ def progress_status(event: session.Progress, duration: float, started: float) ->
 def summary(res: session.Result, job: Job, device: object) -> str:
     lines = [f"**Seed** `{res.seed}` · **{res.seconds:.1f} s** of audio in **{res.elapsed:.1f} s** "
              f"(real-time factor {res.rtf:.2f}) · `{job.ckpt.repo}` on {str(device).upper()}"]
+    if job.continuation is not None:
+        clip = job.continuation[0].shape[-1] / job.continuation[1]
+        lines.append(f"Continued from your {clip:.1f} s clip (re-encoded: the first {clip:.1f} s are its "
+                     "EnCodec version)")
     if job.notice:
         lines.append(f"ℹ️ {job.notice}")
     return "\n\n".join(lines)
@@ -197,6 +206,9 @@ def build_demo(st: Studio) -> gr.Blocks:
                 model_hint = gr.Markdown(_hint("small", False, None))
                 melody = gr.Audio(sources=["upload", "microphone"], type="filepath",
                                   label="Melody (optional: the tune to follow, first 30 s are used)")
+                continue_audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                                          label="Continue from audio (optional: the piece starts with this clip, "
+                                                "shorter than 30 s, and goes on from it; the duration counts it)")
                 with gr.Accordion("Advanced", open=False):
                     top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k (0 = off)")
                     top_p = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Top-p (0 = off; above 0 replaces top-k)")
@@ -220,16 +232,17 @@ def build_demo(st: Studio) -> gr.Blocks:
                                    elem_id="picture")
                 info = gr.Markdown(elem_id="info")
         last_seed = gr.State(None)
-        inputs = [prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef, seed]
+        inputs = [prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef, seed,
+                  continue_audio]
 
         def studio_ui(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef,
-                      seed, request: gr.Request):
+                      seed, continue_audio, request: gr.Request):
             """The page's Generate: status bar, live chunks, then the result, picture and summary."""
             session_id, started = request.session_hash or "", time.monotonic()
             try:
                 with user_errors(st):
                     yield from _studio_run(session_id, started, prompt, duration, model_size, stereo, decoder,
-                                           melody, top_k, top_p, temperature, cfg_coef, seed)
+                                           melody, top_k, top_p, temperature, cfg_coef, seed, continue_audio)
             except gr.Error as e:  # the toast goes away; the status line keeps the reason
                 yield {status: status_html(f"{e.title}: {e.message}", 0.0, error=True)}
                 raise
@@ -248,7 +261,7 @@ def build_demo(st: Studio) -> gr.Blocks:
             st.model(job)
             yield clear | {live: None, status: status_html(f"Generating with {job.ckpt.repo}…", 0.0)}
             shown, res = 0.0, None
-            events = st.run_events(job.ckpt.repo, job.req, job.melody, st.stream)
+            events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, st.stream)
             for event in events:
                 if st.stops.requested(session_id):
                     getattr(events, "close", lambda: None)()  # stops the engine's worker at its next step
@@ -277,14 +290,17 @@ def build_demo(st: Studio) -> gr.Blocks:
         def generate(prompt: str, duration: float = studio.DEFAULT_DURATION, model_size: str = "small",
                      stereo: bool = False, decoder: str = "encodec", melody: str | None = None, top_k: int = 250,
                      top_p: float = 0.0, temperature: float = 1.0, cfg_coef: float = 3.0, seed: int = -1,
+                     continue_audio: str | None = None,
                      progress=gr.Progress()) -> str:  # noqa: B008 (how Gradio injects a progress tracker)
             """Generate music from a text prompt; returns the WAV file (from the chosen decoder).
-            seed -1 draws a random one; melody (an audio file) picks a melody checkpoint."""
+            seed -1 draws a random one; melody (an audio file) picks a melody checkpoint; continue_audio (an
+            audio file shorter than 30 s) starts the piece with that clip and goes on from it (the duration
+            counts it)."""
             with user_errors(st):
                 job = st.job(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature,
-                             cfg_coef, seed)
+                             cfg_coef, seed, continue_audio)
                 st.model(job, on_load=lambda repo: progress((0, None), desc=f"Loading {repo}…"))
-                for event in st.run_events(job.ckpt.repo, job.req, job.melody, False):
+                for event in st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, False):
                     if isinstance(event, session.Progress):
                         unit = "frames" if event.stage == "frames" else "diffusion steps"
                         progress((event.done, event.total), desc="Generating", unit=unit)

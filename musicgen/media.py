@@ -19,6 +19,8 @@ from .errors import InvalidInputError
 
 MELODY_MAX_SECONDS = 30.0  # the melody models look at the first 30 s at most
 MELODY_MIN_SECONDS = 0.5
+CONTINUE_MAX_SECONDS = 30.0  # the prompt must fit in the model's 30 s window (musicgen.pipeline.WINDOW)
+CONTINUE_MIN_SECONDS = 0.1  # a few EnCodec frames (50 per second)
 SILENCE_PEAK = 10 ** (-60 / 20)  # a melody whose peak is below -60 dBFS carries no tune
 DECODE_RATE = 32000  # rate ffmpeg decodes to when soundfile cannot read a file
 
@@ -55,38 +57,57 @@ def _decode_with_ffmpeg(path: Path, max_seconds: float) -> tuple[np.ndarray, int
     return np.frombuffer(proc.stdout, dtype=np.float32)[None, :].copy(), DECODE_RATE
 
 
-def load_melody(path: str | Path, max_seconds: float = MELODY_MAX_SECONDS) -> tuple[np.ndarray, int]:
-    """An audio file -> ([channels, samples] float32, sample rate): its first `max_seconds`, checked for
-    being readable, long enough and not silent. Raises InvalidInputError with a message for the user."""
+def load_audio(path: str | Path, what: str, max_seconds: float, min_seconds: float,
+               longer: str = "cut") -> tuple[np.ndarray, int]:
+    """An uploaded audio file -> ([channels, samples] float32, sample rate), checked for being readable,
+    long enough and not silent. `what` names it in messages ("melody", "audio to continue"); a file longer
+    than `max_seconds` is cut there (longer="cut") or refused (longer="refuse"). Raises InvalidInputError
+    with a message for the user."""
     path = Path(path)
     name = path.name
     if not path.is_file():
-        raise InvalidInputError(f"the melody file {name} was not received; upload it again")
+        raise InvalidInputError(f"the {what} file {name} was not received; upload it again")
+    limit = max_seconds + (1.0 if longer == "refuse" else 0.0)  # read a little more to see that it is longer
     try:
         with sf.SoundFile(str(path)) as f:
             sr = f.samplerate
-            wave = f.read(frames=int(max_seconds * sr), dtype="float32", always_2d=True).T
+            wave = f.read(frames=int(limit * sr), dtype="float32", always_2d=True).T
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-        unreadable = InvalidInputError(f"cannot read the melody file {name}: it is not an audio file this server "
+        unreadable = InvalidInputError(f"cannot read the {what} file {name}: it is not an audio file this server "
                                        "can decode (WAV, FLAC, OGG, MP3" + (", M4A, WEBM, ..." if shutil.which(
                                            "ffmpeg") else "") + "), or it is damaged")
         if shutil.which("ffmpeg") is None:
             raise unreadable from e
         try:
-            wave, sr = _decode_with_ffmpeg(path, max_seconds)
+            wave, sr = _decode_with_ffmpeg(path, limit)
         except (ValueError, OSError, subprocess.TimeoutExpired) as e2:
             raise unreadable from e2
     if wave.size == 0:
-        raise InvalidInputError(f"the melody file {name} contains no audio")
+        raise InvalidInputError(f"the {what} file {name} contains no audio")
     if not np.isfinite(wave).all():
-        raise InvalidInputError(f"the melody file {name} contains invalid samples (NaN or infinity)")
+        raise InvalidInputError(f"the {what} file {name} contains invalid samples (NaN or infinity)")
     seconds = wave.shape[-1] / sr
-    if seconds < MELODY_MIN_SECONDS:
-        raise InvalidInputError(f"the melody is only {seconds:.2f} s long; give at least {MELODY_MIN_SECONDS} s")
+    if seconds < min_seconds:
+        raise InvalidInputError(f"the {what} is only {seconds:.2f} s long; give at least {min_seconds:g} s")
+    if seconds >= max_seconds and longer == "refuse":
+        more = "" if seconds < limit else " or more"
+        raise InvalidInputError(f"the {what} is {seconds:.1f} s{more} long; it must be shorter than {max_seconds:g} s "
+                                "(the model's window): trim it in the audio box or upload a shorter clip")
     if np.abs(wave).max() < SILENCE_PEAK:
-        raise InvalidInputError(f"the melody file {name} is silent (nothing above -60 dBFS): record or upload "
-                                "a clip where the tune can be heard")
+        raise InvalidInputError(f"the {what} file {name} is silent (nothing above -60 dBFS): record or upload "
+                                "a clip that can be heard")
     return wave, sr
+
+
+def load_melody(path: str | Path, max_seconds: float = MELODY_MAX_SECONDS) -> tuple[np.ndarray, int]:
+    """A melody file: its first `max_seconds` (the melody models look no further)."""
+    return load_audio(path, "melody", max_seconds, MELODY_MIN_SECONDS)
+
+
+def load_continuation(path: str | Path) -> tuple[np.ndarray, int]:
+    """The audio a piece continues: shorter than the model's 30 s window, refused (not cut) when longer,
+    since its end is where the music goes on."""
+    return load_audio(path, "audio to continue", CONTINUE_MAX_SECONDS, CONTINUE_MIN_SECONDS, longer="refuse")
 
 
 # ---------------------------------------------------------------------------------------------------- picture

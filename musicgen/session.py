@@ -57,15 +57,18 @@ class Result:
 
 
 Event = Progress | Chunk | Result
+Clip = tuple[np.ndarray, int]  # user audio: ([channels, samples] float32, sample rate)
 
 
-def engine_kwargs(req: Request, seed: int, melody: tuple[np.ndarray, int] | None) -> dict:
-    """`MusicGen.stream` keyword arguments; melody / decoder only when used, so an engine without them
-    is called exactly as before."""
+def engine_kwargs(req: Request, seed: int, melody: Clip | None, continuation: Clip | None = None) -> dict:
+    """`MusicGen.stream` keyword arguments; melody / continuation / decoder only when used, so an engine
+    without them is called exactly as before."""
     kwargs: dict = dict(top_k=req.top_k, top_p=req.top_p, temperature=req.temperature, cfg_coef=req.cfg_coef,
                         seed=seed)
     if melody is not None:
         kwargs["melody"] = melody
+    if continuation is not None:
+        kwargs["continue_from"] = continuation
     if req.decoder != "encodec":
         kwargs["decoder"] = req.decoder
     return kwargs
@@ -139,11 +142,13 @@ def _peek(q: queue.Queue) -> object:
         return q.queue[0] if q.queue else None
 
 
-def run(mg: MusicGen, req: Request, melody: tuple[np.ndarray, int] | None = None, *, stream: bool = True,
+def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation: Clip | None = None,
+        stream: bool = True,
         chunk_seconds: float = 1.5, max_piece: float = 2.0, clock: Callable[[], float] = time.perf_counter,
         ) -> Iterator[Event]:
     """Generate `req` with `mg`: `Progress` as decode (and diffusion) steps complete, `Chunk`s of new
-    audio (when `stream`), the `Result` last. Closing the iterator stops the engine (cancel).
+    audio (when `stream`), the `Result` last. Closing the iterator stops the engine (cancel). With
+    `continuation` the piece starts with that audio (re-encoded) and the chunks play it first.
 
     The token prefix is decoded every `chunk_seconds` of wall time (every 0.25 s until playback starts).
     Chunks are held back until playback started then would not stall at the measured generation speed (at
@@ -160,7 +165,7 @@ def run(mg: MusicGen, req: Request, melody: tuple[np.ndarray, int] | None = None
     first: tuple[float, int] | None = None  # (time, frames) at the first decode step: the speed reference
     lm_steps = 0  # decode steps, where the engine's progress ticks for the diffusion decoder start
     out: GenerationOutput | None = None
-    for item in _engine_items(mg, req, engine_kwargs(req, seed, melody)):
+    for item in _engine_items(mg, req, engine_kwargs(req, seed, melody, continuation)):
         if isinstance(item, tuple):  # ("tick", step, total): the diffusion decoder's steps after the tokens
             yield Progress("diffusion", item[1] - lm_steps, item[2] - lm_steps)
         elif isinstance(item, GenerationOutput):

@@ -81,11 +81,12 @@ class EngineFeatures:
 
     melody: bool
     mbd: bool
+    continuation: bool
 
     @classmethod
     def detect(cls, stream: Callable | None = None) -> EngineFeatures:
         params = inspect.signature(stream or MusicGen.stream).parameters  # looked up now, not at import
-        return cls(melody="melody" in params, mbd="decoder" in params)
+        return cls(melody="melody" in params, mbd="decoder" in params, continuation="continue_from" in params)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Request:
     temperature: float
     cfg_coef: float
     seed: int | None  # None: draw a fresh one
+    continue_path: str | None = None  # audio the piece starts with (and goes on from)
 
 
 def _number(name: str, value: object, lo: float, hi: float = math.inf) -> float:
@@ -140,7 +142,7 @@ def fresh_seed() -> int:
 
 def parse_request(prompt: object, duration: object, model_size: object, stereo: object, decoder: object,
                   melody: object, top_k: object, top_p: object, temperature: object, cfg_coef: object,
-                  seed: object, features: EngineFeatures) -> Request:
+                  seed: object, continue_audio: object = None, *, features: EngineFeatures) -> Request:
     """Check every field of a request before any model is loaded; errors say what to change."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidInputError("the prompt is empty: describe the music you want, e.g. \"lofi hip hop beat with "
@@ -159,16 +161,35 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
     if decoder == "mbd" and not features.mbd:
         raise InvalidInputError("the multi-band diffusion decoder is not available yet in this engine: choose "
                                 "the EnCodec decoder")
-    melody_path = melody if melody else None
-    if melody_path is not None and not isinstance(melody_path, str):
-        raise InvalidInputError(f"melody must be an uploaded audio file, got {type(melody).__name__}")
+    melody_path = _file("melody", melody)
     if melody_path is not None and not features.melody:
         raise InvalidInputError("melody conditioning is not available yet in this engine: remove the melody to "
                                 "generate from the text alone")
+    continue_path = _file("continue_audio", continue_audio)
+    if continue_path is not None and not features.continuation:
+        raise InvalidInputError("continuing from audio is not available yet in this engine: remove the audio to "
+                                "continue")
     return Request(prompt, duration, str(model_size), stereo, str(decoder), melody_path,
                    _integer("top_k", top_k, 0, 2048), _number("top_p", top_p, 0.0, 1.0),
                    _number("temperature", temperature, 0.0, 10.0), _number("cfg_coef", cfg_coef, 0.0, 100.0),
-                   parse_seed(seed))
+                   parse_seed(seed), continue_path)
+
+
+def _file(name: str, value: object) -> str | None:
+    """An uploaded file's server path (Gradio hands the handler a path string), or None when empty."""
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be an uploaded audio file, got {type(value).__name__}")
+    return value
+
+
+def check_continuation(duration: float, clip: tuple[object, int]) -> None:
+    """The duration counts the clip being continued: it must leave room for new music."""
+    seconds = clip[0].shape[-1] / clip[1]  # type: ignore[attr-defined]
+    if duration <= seconds:
+        raise InvalidInputError(f"the audio to continue is {seconds:.1f} s long and the duration counts it: set "
+                                f"the duration above {seconds:.1f} s (now {duration:g} s)")
 
 
 def check_prompt_tokens(mg: MusicGen, prompt: str) -> None:

@@ -5,6 +5,7 @@ Every bad input must come back as an error message a person can act on, and the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -15,7 +16,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from studio_server import Server, get_server
 
-from musicgen import MusicGen, session, studio
+from musicgen import MusicGen, session
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_api_parameters_are_named(client: Client) -> None:
     assert set(info) == {"/generate"}  # the UI's own events are private
     names = [p["parameter_name"] for p in info["/generate"]["parameters"]]
     assert names == ["prompt", "duration", "model_size", "stereo", "decoder", "melody", "top_k", "top_p",
-                     "temperature", "cfg_coef", "seed"]
+                     "temperature", "cfg_coef", "seed", "continue_audio"]
     defaults = {p["parameter_name"]: p["parameter_default"] for p in info["/generate"]["parameters"]}
     assert defaults["duration"] == 10 and defaults["model_size"] == "small" and defaults["seed"] == -1
 
@@ -80,6 +81,11 @@ def _cpu_oom(*args, **kwargs):
     raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
 
+def _lacks(mp: pytest.MonkeyPatch, server: Server, **off: bool) -> None:
+    """The app as if the engine lacked a feature (it reads them from MusicGen.stream's signature)."""
+    mp.setattr(server.studio, "features", dataclasses.replace(server.studio.features, **off))
+
+
 def _bug(*args, **kwargs):
     raise KeyError("unexpected")
 
@@ -94,12 +100,20 @@ BAD = [
      "cannot read the melody file"),
     ("silent melody", {}, lambda mp, s, tmp: {"melody": handle_file(_silent_wav(tmp / "quiet.wav"))}, "silent"),
     ("melody unavailable", {},
-     lambda mp, s, tmp: (mp.setattr(s.studio, "features", studio.EngineFeatures(melody=False, mbd=False)),
-                         {"melody": handle_file(_silent_wav(tmp / "tune.wav"))})[1],
+     lambda mp, s, tmp: _lacks(mp, s, melody=False) or {"melody": handle_file(_silent_wav(tmp / "tune.wav"))},
      "melody conditioning is not available yet"),
     ("diffusion unavailable", {"decoder": "mbd"},
-     lambda mp, s, tmp: mp.setattr(s.studio, "features", studio.EngineFeatures(melody=True, mbd=False)),
+     lambda mp, s, tmp: _lacks(mp, s, mbd=False),
      "multi-band diffusion decoder is not available yet"),
+    ("clip to continue too long", {},
+     lambda mp, s, tmp: {"continue_audio": _clip(tmp / "long.wav", 440, seconds=31)}, "must be shorter than 30 s"),
+    ("duration within the clip", {"duration": 2},
+     lambda mp, s, tmp: {"continue_audio": _clip(tmp / "clip.wav", 440, seconds=3)}, "the duration counts it"),
+    ("silent clip to continue", {}, lambda mp, s, tmp: {"continue_audio": handle_file(_silent_wav(tmp / "q.wav"))},
+     "audio to continue file q.wav is silent"),
+    ("continuation unavailable", {},
+     lambda mp, s, tmp: _lacks(mp, s, continuation=False) or {"continue_audio": _clip(tmp / "clip.wav", 440)},
+     "continuing from audio is not available yet"),
     ("model not downloadable", {"model_size": "large"}, None, "not in the local cache"),
     ("out of memory", {}, lambda mp, s, tmp: mp.setattr(MusicGen, "stream", _oom), "out of memory"),
     ("cpu out of memory", {}, lambda mp, s, tmp: mp.setattr(MusicGen, "stream", _cpu_oom), "out of memory"),
@@ -123,10 +137,18 @@ def test_bad_input_is_reported_then_next_request_works(client: Client, server: S
     assert audio.shape == (32000, 1)
 
 
+def _tone(path, freq: float, seconds: float = 3.0, rate: int = 32000) -> str:
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(str(path), (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate)
+    return str(path)
+
+
 def _tune(path, freq: float):
-    t = np.arange(3 * 32000) / 32000
-    sf.write(str(path), (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32), 32000)
-    return handle_file(str(path))
+    return handle_file(_tone(path, freq))
+
+
+def _clip(path, freq: float, seconds: float = 1.5):
+    return handle_file(_tone(path, freq, seconds, rate=44100))
 
 
 def test_melody_with_small_uses_the_melody_model(client: Client, server: Server, tmp_path) -> None:
@@ -158,3 +180,22 @@ def test_long_piece_through_the_api(client: Client) -> None:
     """Beyond the 30 s window the engine works window by window; the API returns the whole piece."""
     audio, sr = generate(client, prompt="ambient drone", duration=35, seed=1)
     assert audio.shape == (35 * 32000, 1)
+
+
+def test_continue_from_audio(client: Client, server: Server, tmp_path) -> None:
+    """continue_audio: the piece starts with the clip (its EnCodec version) and goes on from it; the result is
+    the engine's generate_continuation, and another clip leads the music elsewhere."""
+    clip = _tone(tmp_path / "clip.wav", 440, 1.5, rate=44100)
+    audio, sr = generate(client, prompt="jazz trio", duration=3, seed=5, continue_audio=handle_file(clip))
+    assert sr == 32000 and audio.shape == (3 * 32000, 1)  # the duration counts the clip
+    wave, rate = sf.read(clip, dtype="float32", always_2d=True)
+    mg = server.studio.cache.get("facebook/musicgen-small")
+    direct = mg.generate_continuation(wave.T, rate, "jazz trio", 3, seed=5)
+    assert np.abs(audio - direct.audio[0].T.numpy()).max() < 2 / 32767  # the same piece, up to the WAV's 16 bits
+    cut = 75 * 640 - 2402  # up to here the audio depends only on the clip's 75 frames (streaming hold-back)
+    clip_only = mg.decode(direct.tokens[..., :75])[0].T.numpy()
+    assert np.abs(audio[:cut] - clip_only[:cut]).max() < 2 / 32767  # the piece starts with the clip
+    other, _ = generate(client, prompt="jazz trio", duration=3, seed=5,
+                        continue_audio=_clip(tmp_path / "other.wav", 311))
+    assert np.abs(audio[:cut] - other[:cut]).max() > 1e-3
+    assert np.abs(audio[2 * 32000:] - other[2 * 32000:]).max() > 1e-3  # and steers what follows

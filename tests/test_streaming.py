@@ -140,7 +140,7 @@ class FakeClock:
 
 def request(duration: float = 2.0, seed: int = 5):
     return parse_request("lofi beat", duration, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, seed,
-                         features=EngineFeatures(melody=False, mbd=False))
+                         features=EngineFeatures(melody=False, mbd=False, continuation=False))
 
 
 @pytest.mark.parametrize(("tick", "first_chunk_at"), [(0.002, 0.0), (0.05, 0.5)])
@@ -231,3 +231,19 @@ def test_diffusion_decoder_progress_is_live(small: MusicGen, tmp_path: Path) -> 
     assert res.encodec is not None and np.abs(preview - res.encodec).max() <= TOL  # the live preview is EnCodec
     assert res.audio.shape == res.encodec.shape == (1, 32000)
     assert np.abs(res.audio - res.encodec).max() > 0.01  # the result is the diffusion decoder's
+
+
+def test_continuation_streams_the_clip_first(small: MusicGen) -> None:
+    """With audio to continue, the chunks start with the clip's (re-encoded) audio and add up to the result."""
+    t = np.arange(24000) / 32000
+    clip = (0.4 * np.sin(2 * np.pi * 330 * t))[None].astype(np.float32)
+    events = list(session.run(small, request(2.0), continuation=(clip, 32000), clock=FakeClock(0.002),
+                              chunk_seconds=0.3))
+    res = events[-1]
+    streamed = np.concatenate([e.audio for e in events if isinstance(e, session.Chunk)], axis=-1)
+    assert res.audio.shape == streamed.shape == (1, 64000)
+    assert np.abs(streamed - res.audio).max() <= TOL
+    direct = small.generate_continuation(clip, 32000, "lofi beat", 2.0, seed=5).audio[0].numpy()
+    assert np.abs(res.audio - direct).max() <= TOL
+    progress = [e.done for e in events if isinstance(e, session.Progress)]
+    assert progress[0] >= 38 and progress[-1] == 100  # the clip's 38 frames are there from the start

@@ -19,7 +19,7 @@ from studio_server import ROOT
 from musicgen import InvalidInputError, media, studio
 from musicgen.studio import EngineFeatures, ModelCache, choose_checkpoint, parse_request, parse_seed
 
-FEATURES = EngineFeatures(melody=True, mbd=True)
+FEATURES = EngineFeatures(melody=True, mbd=True, continuation=True)
 
 
 def test_every_checkpoint_the_app_can_pick() -> None:
@@ -51,9 +51,10 @@ def test_readme_lists_every_checkpoint_in_the_space_metadata() -> None:
 
 def test_features_come_from_the_stream_signature() -> None:
     def old(self, prompts, duration, *, seed=None): ...
-    def new(self, prompts, duration, *, seed=None, melody=None, decoder="encodec"): ...
-    assert EngineFeatures.detect(old) == EngineFeatures(melody=False, mbd=False)
-    assert EngineFeatures.detect(new) == EngineFeatures(melody=True, mbd=True)
+    def new(self, prompts, duration, *, seed=None, melody=None, continue_from=None, decoder="encodec"): ...
+    assert EngineFeatures.detect(old) == EngineFeatures(melody=False, mbd=False, continuation=False)
+    assert EngineFeatures.detect(new) == FEATURES
+    assert EngineFeatures.detect() == FEATURES  # this engine has them all
 
 
 @pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), (-1, None), (-1.0, None), (0, 0),
@@ -74,13 +75,15 @@ def test_fresh_seeds_fit_in_javascript() -> None:
 
 def args(**kw):
     base = dict(prompt="lofi", duration=10, model_size="small", stereo=False, decoder="encodec", melody=None,
-                top_k=250, top_p=0.0, temperature=1.0, cfg_coef=3.0, seed=-1)
+                top_k=250, top_p=0.0, temperature=1.0, cfg_coef=3.0, seed=-1, continue_audio=None)
     return {**base, **kw}
 
 
 def test_request_is_normalised() -> None:
     req = parse_request(**args(prompt="  lofi \n beat ", top_k=250.0, seed="12"), features=FEATURES)
-    assert (req.prompt, req.top_k, req.seed, req.melody_path) == ("lofi beat", 250, 12, None)
+    assert (req.prompt, req.top_k, req.seed, req.melody_path, req.continue_path) == ("lofi beat", 250, 12, None,
+                                                                                     None)
+    assert parse_request(**args(continue_audio="/tmp/x.wav"), features=FEATURES).continue_path == "/tmp/x.wav"
     assert isinstance(req.top_k, int)
 
 
@@ -97,10 +100,28 @@ def test_request_is_normalised() -> None:
     ({"temperature": float("inf")}, "temperature must be a number"),
     ({"cfg_coef": -1}, "cfg_coef must be between"),
     ({"melody": 3}, "melody must be an uploaded audio file"),
+    ({"continue_audio": 3}, "continue_audio must be an uploaded audio file"),
 ])
 def test_request_errors(kw, message) -> None:
     with pytest.raises(InvalidInputError, match=message):
         parse_request(**args(**kw), features=FEATURES)
+
+
+def test_features_an_engine_lacks_are_refused() -> None:
+    off = EngineFeatures(melody=False, mbd=False, continuation=False)
+    for kw, message in [({"melody": "/tmp/a.wav"}, "melody conditioning is not available"),
+                        ({"decoder": "mbd"}, "diffusion decoder is not available"),
+                        ({"continue_audio": "/tmp/a.wav"}, "continuing from audio is not available")]:
+        with pytest.raises(InvalidInputError, match=message):
+            parse_request(**args(**kw), features=off)
+
+
+def test_duration_must_leave_room_after_the_clip() -> None:
+    clip = (np.zeros((1, 5 * 32000), np.float32), 32000)
+    studio.check_continuation(5.5, clip)
+    for duration in (5, 4):
+        with pytest.raises(InvalidInputError, match="audio to continue is 5.0 s long and the duration counts it"):
+            studio.check_continuation(duration, clip)
 
 
 def test_gpu_budget_grows_with_the_request() -> None:
@@ -173,7 +194,7 @@ def test_zero_gpu_wraps_generation_with_a_budget(monkeypatch: pytest.MonkeyPatch
     st = app.Studio(device="cpu", stream=False)
     assert calls["fn"] == st._run_events
     req = parse_request(**args(model_size="medium", duration=20), features=FEATURES)
-    assert calls["duration"]("facebook/musicgen-medium", req, None, True) == studio.gpu_seconds("medium", 20,
+    assert calls["duration"]("facebook/musicgen-medium", req, None, None, True) == studio.gpu_seconds("medium", 20,
                                                                                                  "encodec")
     monkeypatch.delitem(sys.modules, "spaces")
     plain = app.Studio(device="cpu", stream=False)
@@ -217,6 +238,30 @@ def test_melody_files(tmp_path) -> None:
         media.load_melody(tmp_path / "junk.mp3")
     with pytest.raises(InvalidInputError, match="was not received"):
         media.load_melody(tmp_path / "missing.wav")
+
+
+def test_audio_to_continue_files(tmp_path) -> None:
+    """Unlike a melody, a clip to continue is refused (not cut) when it does not fit the model's window."""
+    from musicgen.pipeline import WINDOW
+
+    assert media.CONTINUE_MAX_SECONDS == WINDOW
+    t = np.arange(int(32000 * 29.5)) / 32000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    sf.write(str(tmp_path / "fits.wav"), np.stack([tone, tone], axis=1), 32000)
+    wave, sr = media.load_continuation(tmp_path / "fits.wav")
+    assert sr == 32000 and wave.shape == (2, tone.shape[0])  # all of it, both channels
+    sf.write(str(tmp_path / "30s.flac"), np.zeros(30 * 32000, np.float32) + 0.1, 32000)
+    with pytest.raises(InvalidInputError, match="audio to continue is 30.0 s long; it must be shorter than 30 s"):
+        media.load_continuation(tmp_path / "30s.flac")
+    sf.write(str(tmp_path / "long.ogg"), np.zeros(45 * 16000, np.float32) + 0.1, 16000)
+    with pytest.raises(InvalidInputError, match="31.0 s or more long.*trim it"):
+        media.load_continuation(tmp_path / "long.ogg")
+    sf.write(str(tmp_path / "quiet.wav"), np.zeros(32000, np.float32), 32000)
+    with pytest.raises(InvalidInputError, match="audio to continue file quiet.wav is silent"):
+        media.load_continuation(tmp_path / "quiet.wav")
+    (tmp_path / "junk.wav").write_text("not audio")
+    with pytest.raises(InvalidInputError, match="cannot read the audio to continue file junk.wav"):
+        media.load_continuation(tmp_path / "junk.wav")
 
 
 def test_space_sdk_version_is_the_pinned_gradio() -> None:

@@ -207,8 +207,8 @@ def build_demo(st: Studio) -> gr.Blocks:
                 melody = gr.Audio(sources=["upload", "microphone"], type="filepath",
                                   label="Melody (optional: the tune to follow, first 30 s are used)")
                 continue_audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
-                                          label="Continue from audio (optional: the piece starts with this clip, "
-                                                "shorter than 30 s, and goes on from it; the duration counts it)")
+                                          label="Continue this audio (optional, under 30 s, part of the duration)",
+                                          elem_id="continue")
                 with gr.Accordion("Advanced", open=False):
                     top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k (0 = off)")
                     top_p = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Top-p (0 = off; above 0 replaces top-k)")

@@ -14,7 +14,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from studio_server import Server, get_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -103,3 +105,19 @@ def test_generate_in_the_browser(server: Server, page, tmp_path: Path) -> None:
     page.screenshot(path=str(tmp_path / "studio-mbd.png"), full_page=True)
     if out:
         shutil.copy(tmp_path / "studio-mbd.png", Path(out) / "studio-mbd.png")
+
+    # continue from audio: upload a clip, the piece starts with it and the summary says so
+    clip = tmp_path / "clip.wav"
+    sf.write(str(clip), (0.4 * np.sin(2 * np.pi * 440 * np.arange(48000) / 32000)).astype(np.float32), 32000)
+    page.locator("#continue input[type=file]").set_input_files(str(clip))
+    expect(page.locator("#continue audio").first).to_be_attached()  # the uploaded clip's player
+    page.get_by_label("EnCodec").check()
+    seconds.fill("3")
+    seconds.press("Enter")
+    generate.click()
+    expect(info).to_contain_text("Continued from your 1.5 s clip", timeout=120_000)
+    expect(info).to_contain_text("3.0 s of audio")
+    expect(errors).to_have_count(0)
+    page.screenshot(path=str(tmp_path / "studio-continue.png"), full_page=True)
+    if out:
+        shutil.copy(tmp_path / "studio-continue.png", Path(out) / "studio-continue.png")

@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import LMConfig
 from .layout import relayout_linears
-from .weights import Cat, Checkpoint, Source, load_module, release_free_memory
+from .weights import Cat, Checkpoint, Source, embedding, load_module, release_free_memory
 
 PREFIX = "decoder.model.decoder."
 HEADS_PREFIX = "decoder.lm_heads."
@@ -153,7 +153,7 @@ class LM(nn.Module):
         self.cfg = cfg
         K, D = cfg.num_codebooks, cfg.dim
         # the K embedding tables stacked: row k * (card + 1) + i embeds token i of codebook k
-        self.emb = nn.Embedding(K * (cfg.card + 1), D)
+        self.emb = embedding(K * (cfg.card + 1), D)
         self.text_proj = nn.Linear(text_dim, D) if text_dim != D else None
         self.chroma_proj = nn.Linear(num_chroma, D) if num_chroma is not None else None
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))

@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import T5Config
 from .errors import CheckpointError
-from .weights import Cat, Checkpoint, Source, load_module
+from .weights import Cat, Checkpoint, Source, embedding, load_module
 
 MAX_TOKENS = 512  # t5-base's model_max_length (tokenizer_config.json); longer prompts are truncated
 PREFIX = "text_encoder."
@@ -125,8 +125,8 @@ class T5Encoder(nn.Module):
     def __init__(self, cfg: T5Config) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.rel_bias = nn.Embedding(cfg.num_buckets, cfg.num_heads)  # block 0's, shared by all blocks
+        self.embed = embedding(cfg.vocab_size, cfg.d_model)
+        self.rel_bias = embedding(cfg.num_buckets, cfg.num_heads)  # block 0's, shared by all blocks
         self.blocks = nn.ModuleList(T5Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.eps)
 

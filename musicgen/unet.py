@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError
+from .weights import embedding
 
 TRANSFORMER_HEADS = 8
 TRANSFORMER_LAYERS = 6
@@ -244,10 +245,10 @@ class DiffusionUnet(nn.Module):
         chins = [cfg.channels, *widths[:-1]]
         self.encoders = nn.ModuleList([EncoderLayer(cfg, a, b) for a, b in zip(chins, widths)])
         self.decoders = nn.ModuleList([DecoderLayer(cfg, b, a) for a, b in reversed(list(zip(chins, widths)))])
-        self.embedding = nn.Embedding(cfg.num_steps, widths[0])
+        self.embedding = embedding(cfg.num_steps, widths[0])
         self.embeddings: nn.ModuleList | None = None
         if cfg.emb_all_layers:
-            self.embeddings = nn.ModuleList([nn.Embedding(cfg.num_steps, w) for w in widths[1:]])
+            self.embeddings = nn.ModuleList([embedding(cfg.num_steps, w) for w in widths[1:]])
         bottleneck = widths[-1]
         self.bilstm = BLSTM(bottleneck) if cfg.bilstm else None
         self.transformer = Transformer(bottleneck, cfg.cross_attention) if cfg.transformer else None

@@ -165,6 +165,13 @@ class Checkpoint:
                                   f"does not understand: {shown}")
 
 
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """An nn.Embedding for weights that come from a checkpoint: built without its random init. On the meta
+    device torch's `normal_` kernel is Python (torch._meta_registrations): the first call imports ~900
+    modules and costs ~120 MB of RSS for nothing."""
+    return nn.Embedding.from_pretrained(torch.empty(num, dim), freeze=True)
+
+
 def release_free_memory() -> None:
     """Hand freed heap memory back to the OS (glibc keeps freed blocks of tens of MB in its arenas, which
     would otherwise add up while a model is loaded and re-laid-out layer by layer). No-op elsewhere."""

@@ -54,7 +54,9 @@ def ensure_checkpoint(model: str | None, cache: Path) -> str:
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    """Parameters and buffers, plus weights packed into opaque kernel objects (fbgemm's int8)."""
+    packed = sum(getattr(m, "nbytes", 0) for m in module.modules() if type(m).__name__ == "DynamicInt8Linear")
+    return packed + sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
 def step_bytes(lm: torch.nn.Module) -> int:
@@ -66,7 +68,7 @@ def step_bytes(lm: torch.nn.Module) -> int:
             continue
         if isinstance(m, torch.nn.Linear):
             total += m.weight.numel() * m.weight.element_size()
-        elif type(m).__name__ in ("TransposedLinear", "Int8Linear"):
+        elif type(m).__name__ in ("TransposedLinear", "Int8Linear", "DynamicInt8Linear"):
             total += weight_bytes(m)
     return total
 

@@ -1,4 +1,4 @@
-"""Fast weight layouts: transposed float32 and weight-only int8 linears."""
+"""Fast weight layouts: transposed float32, fbgemm's dynamic int8 and weight-only int8 linears."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from conftest import PROMPTS
 from torch import nn
 
-from musicgen import InvalidInputError, MusicGen
-from musicgen.layout import Int8Linear, TransposedLinear
+from musicgen import InvalidInputError, MusicGen, layout
+from musicgen.layout import DynamicInt8Linear, Int8Linear, TransposedLinear
 from musicgen.lm import KVCache
 
 
@@ -30,19 +30,62 @@ def test_int8_linear_matches_its_dequantized_weights() -> None:
     assert (y - ref).norm() / ref.norm() < 1e-2  # bf16 activations
 
 
+DYNAMIC = layout.dynamic_int8_available(torch.device("cpu"))
+needs_fbgemm = pytest.mark.skipif(not DYNAMIC, reason="fbgemm's dynamic int8 linear needs an x86 CPU")
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_dynamic_int8_linear_matches_its_quantized_weights(reduce_range: bool) -> None:
+    lin = nn.Linear(256, 96, bias=False)
+    q = DynamicInt8Linear(lin.weight)
+    q.reduce_range = reduce_range or not layout.has_vnni()
+    assert q.nbytes == 256 * 96 + 4 * 96
+    x = torch.randn(2, 1, 256)
+    y = q(x)
+    assert y.dtype == torch.float32 and y.shape == (2, 1, 96)
+    ref = lin(x)
+    assert (y - ref).norm() / ref.norm() < 2e-2  # int8 weights and activations
+
+
+@needs_fbgemm
+def test_dynamic_int8_full_range_does_not_saturate() -> None:
+    """8-bit activations only where int8 products accumulate in int32 (VNNI): the worst case, every
+    activation at 255 and every weight at +-127, is then exact."""
+    w = torch.ones(64, 1024)
+    w[1] = -1.0
+    q = DynamicInt8Linear(w)
+    assert q.reduce_range == (not layout.has_vnni())
+    x = torch.ones(1, 1024)
+    x[0, 0] = 0.0
+    torch.testing.assert_close(q(x)[0, :2], torch.tensor([1023.0, -1023.0]), rtol=1e-5, atol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def int8(checkpoints) -> MusicGen:
     return MusicGen.from_pretrained(checkpoints["current"][1], device="cpu", quantize="int8")
 
 
-def test_int8_model_layout(int8: MusicGen, small: MusicGen) -> None:
+@pytest.fixture(scope="module")
+def int8_weight_only(checkpoints) -> MusicGen:
+    """The kernel quantize="int8" falls back to where fbgemm is missing (ARM, CUDA)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(layout, "dynamic_int8_available", lambda device: False)
+        return MusicGen.from_pretrained(checkpoints["current"][1], device="cpu", quantize="int8")
+
+
+def test_int8_model_layout(int8: MusicGen, int8_weight_only: MusicGen, small: MusicGen) -> None:
     assert int8.quantize == "int8"
-    assert isinstance(int8.lm.layers[0].fc1, Int8Linear) and isinstance(int8.lm.heads, Int8Linear)
+    kind = DynamicInt8Linear if DYNAMIC else Int8Linear
+    assert isinstance(int8.lm.layers[0].fc1, kind) and isinstance(int8.lm.heads, kind)
     assert isinstance(small.lm.layers[0].fc1, TransposedLinear)  # float32 on the CPU: transposed
-    assert int8.lm.layers[0].fc1.q.dtype == torch.int8
+    assert isinstance(int8_weight_only.lm.layers[0].fc1, Int8Linear)
+    assert int8_weight_only.lm.layers[0].fc1.q.dtype == torch.int8
 
 
-def test_int8_logits_stay_close(int8: MusicGen, small: MusicGen) -> None:
+@pytest.mark.parametrize("engine", ["int8", "int8_weight_only"])
+def test_int8_logits_stay_close(engine: str, small: MusicGen, request: pytest.FixtureRequest) -> None:
+    int8 = request.getfixturevalue(engine)
     seq = torch.randint(0, 2048, (2, 4, 6), generator=torch.Generator().manual_seed(0))
 
     def logits(mg: MusicGen) -> torch.Tensor:
@@ -58,7 +101,9 @@ def test_int8_logits_stay_close(int8: MusicGen, small: MusicGen) -> None:
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.8
 
 
-def test_int8_generates(int8: MusicGen) -> None:
+@pytest.mark.parametrize("engine", ["int8", "int8_weight_only"])
+def test_int8_generates(engine: str, request: pytest.FixtureRequest) -> None:
+    int8 = request.getfixturevalue(engine)
     out = int8.generate(PROMPTS, 0.2, seed=1)
     assert out.tokens.shape == (2, 4, 10) and out.audio.abs().max() <= 1
     assert torch.equal(int8.generate(PROMPTS, 0.2, seed=1).tokens, out.tokens)

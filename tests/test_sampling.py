@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from musicgen.sampling import SamplingParams, delay, delay_columns, sample, top_k_filter, top_p_filter, undelay
-
-
-def test_top_k_keeps_the_k_largest() -> None:
-    probs = torch.tensor([[0.1, 0.4, 0.2, 0.3]])
-    assert torch.equal(top_k_filter(probs, 2), torch.tensor([[0.0, 0.4, 0.0, 0.3]]))
-    assert torch.equal(top_k_filter(probs, 10), probs)  # k beyond the vocabulary keeps everything
+from musicgen.sampling import SamplingParams, delay, delay_columns, sample, top_p_filter, undelay
 
 
 def test_top_p_keeps_the_smallest_nucleus() -> None:
@@ -26,6 +20,19 @@ def test_exponential_race_matches_the_distribution() -> None:
     draws = sample(logits, SamplingParams(top_k=0), g)
     freq = torch.bincount(draws, minlength=4).float() / draws.numel()
     torch.testing.assert_close(freq, probs, atol=5e-3, rtol=0)
+
+
+def test_top_k_draws_from_the_renormalised_top_k() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(200_000, 4)
+    draws = sample(logits, SamplingParams(top_k=2), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / draws.numel()
+    torch.testing.assert_close(freq, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=5e-3, rtol=0)
+    hot = sample(logits, SamplingParams(top_k=2, temperature=0.5), torch.Generator().manual_seed(0))
+    freq = torch.bincount(hot, minlength=4).float() / hot.numel()  # p^2 renormalised: 25 / 34, 9 / 34
+    torch.testing.assert_close(freq, torch.tensor([25 / 34, 9 / 34, 0.0, 0.0]), atol=5e-3, rtol=0)
+    every = sample(logits, SamplingParams(top_k=10), torch.Generator().manual_seed(0))  # k >= V: all of them
+    torch.testing.assert_close(torch.bincount(every, minlength=4).float() / every.numel(), probs, atol=5e-3, rtol=0)
 
 
 def test_top_k_sampling_never_leaves_the_top_k() -> None:

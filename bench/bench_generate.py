@@ -68,7 +68,7 @@ def step_bytes(lm: torch.nn.Module) -> int:
             continue
         if isinstance(m, torch.nn.Linear):
             total += m.weight.numel() * m.weight.element_size()
-        elif type(m).__name__ in ("TransposedLinear", "Int8Linear", "DynamicInt8Linear"):
+        elif type(m).__name__ in ("FloatLinear", "Int8Linear", "DynamicInt8Linear"):
             total += weight_bytes(m)
     return total
 

@@ -5,17 +5,18 @@ of the language model, so its speed is how fast the kernel gets through the weig
 2-core AMD EPYC (Zen 4, AVX512-VNNI; torch 2.11), [2, 1024] x [1024, 4096] with the weights of 47 such
 layers (out of cache, as in a real step):
 
-    F.linear, weight [out, in] (torch's default)           ~10 GB/s of float32
-    x @ weight_t, weight pre-transposed to [in, out]       ~13 GB/s of float32
+    F.linear(x, W), W [out, in] (torch's default)          ~10 GB/s of float32
+    x @ W^T pre-transposed to [in, out]                    ~13 GB/s of float32
+    (W @ x^T)^T: MKL's path for <= 4 columns               ~40 GB/s of float32 (30-46 by shape)
     torch._weight_int8pack_mm, bf16 activations             ~33 GB/s of int8 (4x fewer bytes than float32)
     fbgemm dynamic int8 (quantized::linear_dynamic)         ~51 GB/s of int8 (int8 activations, VNNI)
 
-(2 threads read plain memory at ~70 GB/s, so these kernels are compute-bound.) Float32 weights are kept
-transposed on the CPU. `quantize="int8"` uses fbgemm's dynamic int8 linear on x86 (the whole model:
-~9x transformers' steps/s; mean KL from float32 0.001 nats with 8-bit activations on VNNI CPUs, 0.003
-with the 7-bit activations other CPUs need), and `_weight_int8pack_mm` elsewhere (weight-only, KL
-0.0004, ~7x). The torch.ao *Python* API around the fbgemm op is deprecated in favour of torchao; the op
-itself is what we call, and tests check it on the pinned torch.
+(2 threads read plain memory at ~70 GB/s, so these kernels are compute-bound.) Float32 weights keep their
+[out, in] layout on the CPU and decode steps (2 rows per prompt) go through W @ x^T. `quantize="int8"`
+uses fbgemm's dynamic int8 linear on x86 (mean KL from float32 0.001 nats with 8-bit activations on VNNI
+CPUs, 0.003 with the 7-bit activations other CPUs need), and `_weight_int8pack_mm` elsewhere
+(weight-only, KL 0.0004). The torch.ao *Python* API around the fbgemm op is deprecated in favour of
+torchao; the op itself is what we call, and tests check it on the pinned torch.
 """
 
 from __future__ import annotations
@@ -24,20 +25,29 @@ import functools
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 INT8_MAX = 127.0
+SKINNY_ROWS = 4  # MKL's fast W @ x^T path holds up to 4 columns (~40 GB/s; 5 and more: ~13 GB/s)
+CHUNKED_ROWS = 12  # up to here, 4-row pieces beat one F.linear (measured: 8 rows 22 vs 13 GB/s, 16: equal)
 
 
-class TransposedLinear(nn.Module):
-    """y = x @ w_t with w_t [in, out]: the float32 CPU layout (no bias: the LM's linears have none)."""
+class FloatLinear(nn.Module):
+    """float32 y = x w^T (no bias: the LM's linears have none), by the kernel measured fastest for the number
+    of rows: a decode step has 2 per prompt under CFG, and MKL streams W [out, in] fastest as the left
+    operand of W @ x^T when x^T has at most `SKINNY_ROWS` columns."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
-        self.weight_t = nn.Parameter(weight.t().contiguous(), requires_grad=False)
+        self.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight_t
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] > CHUNKED_ROWS:  # prompts, prefixes: an ordinary matrix product
+            return F.linear(x, self.weight)
+        y = torch.cat([torch.mm(self.weight, c.t()) for c in rows.split(SKINNY_ROWS)], dim=1)  # [out, M]
+        return y.t().contiguous().view(*x.shape[:-1], -1)
 
 
 class Int8Linear(nn.Module):
@@ -116,5 +126,5 @@ def relayout_linears(module: nn.Module, device: torch.device, quantize: str | No
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear) and child.bias is None:
-                new = int8(child.weight) if quantize == "int8" else TransposedLinear(child.weight)
+                new = int8(child.weight) if quantize == "int8" else FloatLinear(child.weight)
                 setattr(parent, name, new)  # the old weight is freed here, one layer at a time

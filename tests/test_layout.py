@@ -8,14 +8,18 @@ from conftest import PROMPTS
 from torch import nn
 
 from musicgen import InvalidInputError, MusicGen, layout
-from musicgen.layout import DynamicInt8Linear, Int8Linear, TransposedLinear
+from musicgen.layout import DynamicInt8Linear, FloatLinear, Int8Linear
 from musicgen.lm import KVCache
 
 
-def test_transposed_linear_is_exact_up_to_rounding() -> None:
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 1, 64), (4, 64), (3, 2, 64), (5, 2, 64), (2, 9, 64)])
+def test_float_linear_is_exact_up_to_rounding(shape: tuple[int, ...]) -> None:
+    """Every row count (one W @ x^T, 4-row pieces, F.linear) gives nn.Linear's result."""
     lin = nn.Linear(64, 96, bias=False)
-    x = torch.randn(2, 3, 64)
-    torch.testing.assert_close(TransposedLinear(lin.weight)(x), lin(x), rtol=1e-5, atol=1e-5)
+    x = torch.randn(shape)
+    y = FloatLinear(lin.weight)(x)
+    assert y.shape == (*shape[:-1], 96) and y.is_contiguous()
+    torch.testing.assert_close(y, lin(x), rtol=1e-5, atol=1e-5)
 
 
 def test_int8_linear_matches_its_dequantized_weights() -> None:
@@ -78,7 +82,7 @@ def test_int8_model_layout(int8: MusicGen, int8_weight_only: MusicGen, small: Mu
     assert int8.quantize == "int8"
     kind = DynamicInt8Linear if DYNAMIC else Int8Linear
     assert isinstance(int8.lm.layers[0].fc1, kind) and isinstance(int8.lm.heads, kind)
-    assert isinstance(small.lm.layers[0].fc1, TransposedLinear)  # float32 on the CPU: transposed
+    assert isinstance(small.lm.layers[0].fc1, FloatLinear)  # float32 on the CPU
     assert isinstance(int8_weight_only.lm.layers[0].fc1, Int8Linear)
     assert int8_weight_only.lm.layers[0].fc1.q.dtype == torch.int8
 

@@ -20,7 +20,7 @@ from .diffusion import MultiBandDiffusion
 from .errors import InvalidInputError
 from .generate import Progress, StepFn, complete_frames, decode_step, iter_steps
 from .hub import resolve
-from .layout import int8_available
+from .layout import dynamic_int8_available, int8_available
 from .lm import LM
 from .longform import Window, frames_of, loop_audio, plan_windows, prepare_prompt_audio
 from .melody import ChromaExtractor
@@ -78,14 +78,15 @@ class MusicGen:
                         quantize: str | None = None, compile: bool = False) -> MusicGen:
         """A Hub repo id (e.g. "facebook/musicgen-small") or a local folder with the same files.
         device: CUDA when available, else CPU. dtype (the LM's): float16 on CUDA, float32 on CPU; the
-        T5 encoder and EnCodec always run in float32. quantize="int8": weight-only int8 linear layers in
-        the LM (about 4x less memory traffic per step; the fast choice on CPUs). compile=True: torch.compile
+        T5 encoder and EnCodec always run in float32. quantize="int8": int8 linear layers in the LM
+        (fbgemm's dynamic int8 on x86 CPUs, weight-only int8 elsewhere; the fast choice on CPUs, see
+        layout.py for speed and quality). compile=True: torch.compile
         the static-shaped decode step (CUDA graphs on GPU); opt-in, the first generation is slow."""
         if quantize not in (None, "int8"):
             raise InvalidInputError(f"quantize must be None or 'int8', got {quantize!r}")
-        if quantize == "int8" and not int8_available():
-            raise InvalidInputError(f"quantize='int8' needs torch._weight_int8pack_mm (torch {torch.__version__})")
         device = torch.device(device) if device is not None else default_device()
+        if quantize == "int8" and not (int8_available() or dynamic_int8_available(device)):
+            raise InvalidInputError(f"quantize='int8' needs torch._weight_int8pack_mm (torch {torch.__version__})")
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
         folder = resolve(name_or_path, revision)

@@ -339,8 +339,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--server-name", default=None, help="interface to listen on, e.g. 0.0.0.0 [127.0.0.1]")
     p.add_argument("--port", type=int, default=None, help="port [7860, or the next free one]")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available, else cpu]")
-    p.add_argument("--quantize", choices=["auto", "int8", "none"], default="auto",
-                   help="int8 language model, ~2.6x faster on CPU [auto: int8 on CPU, none on CUDA]")
+    p.add_argument("--quantize", choices=["auto", "int8", "int8-weight-only", "none"], default="auto",
+                   help="int8 language model, ~2.6x faster on CPU; int8-weight-only: float activations, closer "
+                   "to float32 [auto: int8 on CPU, none on CUDA]")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting at most [16]")
     return p
 

@@ -179,7 +179,7 @@ if engine == "transformers":
         m.generate(input_ids=ids, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=frames + 3)
 else:
     from musicgen import MusicGen
-    mg = MusicGen.from_pretrained(model, device="cpu", quantize="int8" if engine == "int8" else None)
+    mg = MusicGen.from_pretrained(model, device="cpu", quantize=None if engine == "fp32" else engine)
     size = sum(weight_bytes(x) for x in (mg.t5, mg.lm, mg.codec))
     loaded = peak_rss_mb()
     mg.generate(["x"], frames / 50, seed=0)
@@ -198,7 +198,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2, help="alternating runs per engine [2]")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads [2]")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "musicgen-bench")
-    ap.add_argument("--engines", default="fp32,int8,transformers", help="comma list [fp32,int8,transformers]")
+    ap.add_argument("--engines", default="fp32,int8,transformers",
+                    help="comma list of fp32, int8, int8-weight-only, transformers [fp32,int8,transformers]")
     ap.add_argument("--no-rss", action="store_true", help="skip the per-engine peak-RSS processes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -214,7 +215,7 @@ def main() -> None:
 
             loaded[e] = MusicgenForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
         else:
-            loaded[e] = MusicGen.from_pretrained(model, device="cpu", quantize="int8" if e == "int8" else None)
+            loaded[e] = MusicGen.from_pretrained(model, device="cpu", quantize=None if e == "fp32" else e)
     tok_source = next((m for m in loaded.values() if isinstance(m, MusicGen)), None)
     if tok_source is None:
         tok_source = MusicGen.from_pretrained(model, device="cpu")
@@ -230,7 +231,7 @@ def main() -> None:
     audio_s = frames / 50
     print(f"\n{args.duration:g} s of audio = {frames} frames, {frames + 3} decode steps, CFG 3, top-k 250, "
           f"{args.threads} threads; best of {args.runs} alternating runs")
-    print(f"{'engine':<13}{'steps/s':>9}{'RTF':>7}{'GB/s':>7}{'T5 s':>7}{'EnCodec s':>10}{'total s':>9}")
+    print(f"{'engine':<18}{'steps/s':>9}{'RTF':>7}{'GB/s':>7}{'T5 s':>7}{'EnCodec s':>10}{'total s':>9}")
     best = {}
     for e, runs in results.items():
         b = best[e] = max(runs, key=lambda x: x["steps_per_s"])
@@ -238,7 +239,7 @@ def main() -> None:
         lm = m.lm if isinstance(m, MusicGen) else m.decoder
         gbs = b["steps_per_s"] * step_bytes(lm) / 1e9
         total = b["t5_s"] + b["lm_s"] + b["decode_s"]
-        print(f"{e:<13}{b['steps_per_s']:>9.2f}{total / audio_s:>7.2f}{gbs:>7.1f}{b['t5_s']:>7.2f}"
+        print(f"{e:<18}{b['steps_per_s']:>9.2f}{total / audio_s:>7.2f}{gbs:>7.1f}{b['t5_s']:>7.2f}"
               f"{b['decode_s']:>10.2f}{total:>9.1f}")
     if "transformers" in best:
         for e in engines:
@@ -246,9 +247,9 @@ def main() -> None:
                 ratio = best[e]["steps_per_s"] / best["transformers"]["steps_per_s"]
                 print(f"ratio {e} / transformers: {ratio:.2f}x decode steps/s")
     print("all runs (steps/s): " + json.dumps({k: [round(x["steps_per_s"], 2) for x in v] for k, v in results.items()}))
-    if "fp32" in loaded and "int8" in loaded:
-        q = int8_quality(loaded["fp32"], loaded["int8"], frames)
-        print(f"int8 vs float32 over {frames} frames: greedy token agreement {q['token_agreement']:.3f} "
+    for e in [e for e in engines if e.startswith("int8") and "fp32" in loaded]:
+        q = int8_quality(loaded["fp32"], loaded[e], frames)
+        print(f"{e} vs float32 over {frames} frames: greedy token agreement {q['token_agreement']:.3f} "
               f"(identical for the first {q['frames_identical_before_first_divergence']} frames), teacher-forced "
               f"top-1 agreement {q['teacher_forced_top1_agreement']:.3f}, mean KL {q['mean_kl']:.4f} nats "
               f"(max {q['max_kl']:.3f})")
@@ -257,7 +258,7 @@ def main() -> None:
         for e in engines:
             r = rss_of(e, model, frames)
             ratio = (r["peak"] - r["base"]) / r["weights"]
-            print(f"peak RSS {e:<13} {r['peak']:7.0f} MB (after imports {r['base']:.0f}, after load "
+            print(f"peak RSS {e:<18} {r['peak']:7.0f} MB (after imports {r['base']:.0f}, after load "
                   f"{r['loaded']:.0f}); weights held {r['weights']:.0f} MB; peak - imports = {ratio:.2f}x the weights")
 
 

@@ -14,9 +14,10 @@ layers (out of cache, as in a real step):
 (2 threads read plain memory at ~70 GB/s, so these kernels are compute-bound.) Float32 weights keep their
 [out, in] layout on the CPU and decode steps (2 rows per prompt) go through W @ x^T. `quantize="int8"`
 uses fbgemm's dynamic int8 linear on x86 (mean KL from float32 0.001 nats with 8-bit activations on VNNI
-CPUs, 0.003 with the 7-bit activations other CPUs need), and `_weight_int8pack_mm` elsewhere
-(weight-only, KL 0.0004). The torch.ao *Python* API around the fbgemm op is deprecated in favour of
-torchao; the op itself is what we call, and tests check it on the pinned torch.
+CPUs, 0.003 with the 7-bit activations other CPUs need), and `_weight_int8pack_mm` elsewhere;
+`quantize="int8-weight-only"` asks for the latter everywhere (float activations: KL 0.0004, ~7x). The
+torch.ao *Python* API around the fbgemm op is deprecated in favour of torchao; the op itself is what we
+call, and tests check it on the pinned torch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 INT8_MAX = 127.0
+QUANTIZE = (None, "int8", "int8-weight-only")  # what `quantize` may be
 SKINNY_ROWS = 4  # MKL's fast W @ x^T path holds up to 4 columns (~40 GB/s; 5 and more: ~13 GB/s)
 CHUNKED_ROWS = 12  # up to here, 4-row pieces beat one F.linear (measured: 8 rows 22 vs 13 GB/s, 16: equal)
 
@@ -117,14 +119,15 @@ def dynamic_int8_available(device: torch.device) -> bool:
 
 def relayout_linears(module: nn.Module, device: torch.device, quantize: str | None) -> None:
     """Replace every bias-free nn.Linear inside `module` by the fastest layout for `device`: int8 when
-    `quantize == "int8"`, transposed float on the CPU, left as it is on CUDA (cuBLAS needs no help)."""
-    if quantize not in (None, "int8"):
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    `quantize` is "int8" (fbgemm's dynamic int8 where available) or "int8-weight-only" (int8 weights, float
+    activations), float32 W @ x^T on the CPU, left as it is on CUDA (cuBLAS needs no help)."""
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
     if quantize is None and device.type != "cpu":
         return
-    int8 = DynamicInt8Linear if dynamic_int8_available(device) else Int8Linear
+    int8 = DynamicInt8Linear if quantize == "int8" and dynamic_int8_available(device) else Int8Linear
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear) and child.bias is None:
-                new = int8(child.weight) if quantize == "int8" else FloatLinear(child.weight)
+                new = FloatLinear(child.weight) if quantize is None else int8(child.weight)
                 setattr(parent, name, new)  # the old weight is freed here, one layer at a time

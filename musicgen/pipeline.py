@@ -20,7 +20,7 @@ from .diffusion import MultiBandDiffusion
 from .errors import InvalidInputError
 from .generate import Progress, StepFn, complete_frames, decode_step, iter_steps
 from .hub import resolve
-from .layout import dynamic_int8_available, int8_available
+from .layout import QUANTIZE, dynamic_int8_available, int8_available
 from .lm import LM
 from .longform import Window, frames_of, loop_audio, plan_windows, prepare_prompt_audio
 from .melody import ChromaExtractor
@@ -80,12 +80,13 @@ class MusicGen:
         device: CUDA when available, else CPU. dtype (the LM's): float16 on CUDA, float32 on CPU; the
         T5 encoder and EnCodec always run in float32. quantize="int8": int8 linear layers in the LM
         (fbgemm's dynamic int8 on x86 CPUs, weight-only int8 elsewhere; the fast choice on CPUs, see
-        layout.py for speed and quality). compile=True: torch.compile
+        layout.py for speed and quality); "int8-weight-only": int8 weights, float activations (closer to
+        float32, ~20 % slower on x86). compile=True: torch.compile
         the static-shaped decode step (CUDA graphs on GPU); opt-in, the first generation is slow."""
-        if quantize not in (None, "int8"):
-            raise InvalidInputError(f"quantize must be None or 'int8', got {quantize!r}")
+        if quantize not in QUANTIZE:
+            raise InvalidInputError(f"quantize must be None, 'int8' or 'int8-weight-only', got {quantize!r}")
         device = torch.device(device) if device is not None else default_device()
-        if quantize == "int8" and not (int8_available() or dynamic_int8_available(device)):
+        if quantize is not None and not (int8_available() or quantize == "int8" and dynamic_int8_available(device)):
             raise InvalidInputError(f"quantize='int8' needs torch._weight_int8pack_mm (torch {torch.__version__})")
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32

@@ -72,10 +72,8 @@ def int8(checkpoints) -> MusicGen:
 
 @pytest.fixture(scope="module")
 def int8_weight_only(checkpoints) -> MusicGen:
-    """The kernel quantize="int8" falls back to where fbgemm is missing (ARM, CUDA)."""
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(layout, "dynamic_int8_available", lambda device: False)
-        return MusicGen.from_pretrained(checkpoints["current"][1], device="cpu", quantize="int8")
+    """Also the kernel quantize="int8" falls back to where fbgemm is missing (ARM, CUDA)."""
+    return MusicGen.from_pretrained(checkpoints["current"][1], device="cpu", quantize="int8-weight-only")
 
 
 def test_int8_model_layout(int8: MusicGen, int8_weight_only: MusicGen, small: MusicGen) -> None:
@@ -83,7 +81,13 @@ def test_int8_model_layout(int8: MusicGen, int8_weight_only: MusicGen, small: Mu
     kind = DynamicInt8Linear if DYNAMIC else Int8Linear
     assert isinstance(int8.lm.layers[0].fc1, kind) and isinstance(int8.lm.heads, kind)
     assert isinstance(small.lm.layers[0].fc1, FloatLinear)  # float32 on the CPU
-    assert isinstance(int8_weight_only.lm.layers[0].fc1, Int8Linear)
+    assert isinstance(int8_weight_only.lm.layers[0].fc1, Int8Linear) and int8_weight_only.quantize == "int8-weight-only"
+    with pytest.MonkeyPatch.context() as m:  # no fbgemm: "int8" is weight-only too
+        m.setattr(layout, "dynamic_int8_available", lambda device: False)
+        lin = nn.Module()
+        lin.fc = nn.Linear(8, 4, bias=False)
+        layout.relayout_linears(lin, torch.device("cpu"), "int8")
+        assert isinstance(lin.fc, Int8Linear)
     assert int8_weight_only.lm.layers[0].fc1.q.dtype == torch.int8
 
 

@@ -40,7 +40,7 @@ DECODE_CHUNK = 50  # frames (1 s of one channel) per EnCodec decoder pass, split
 
 @dataclass
 class GenerationOutput:
-    audio: torch.Tensor  # [B, C, S] float32 in [-1, 1] on the CPU
+    audio: torch.Tensor | None  # [B, C, S] float32 in [-1, 1] on the CPU (None: stream(decode=False))
     tokens: torch.Tensor  # [B, K, frames] long on the CPU
     sample_rate: int
     seed: int  # the seed that reproduces this result
@@ -249,12 +249,15 @@ class MusicGen:
         continue_from: tuple[object, int] | None = None,
         decoder: str = "encodec",
         progress: Progress | None = None,
+        decode: bool = True,
     ) -> Iterator[StreamStep | GenerationOutput]:
         """`generate` (or, with `continue_from=(wave, sample_rate)`, `generate_continuation`) as an
         iterator: a `StreamStep` after every decode step with the frames of the piece complete so far,
         then the `GenerationOutput`. Everything is validated at the first `next()`; stop iterating to
         cancel. With decoder="mbd" the diffusion steps are reported through `progress(step, total)` (the
-        totals of the StreamSteps include them)."""
+        totals of the StreamSteps include them). decode=False skips the final EnCodec decode (the output's
+        `audio`, or with "mbd" its `audio_encodec`, is then None), for callers that decode the StreamSteps as
+        they come (streaming.StreamDecoder)."""
         prompts = self._check_prompts(prompts)
         frames = self._check_duration(duration)
         params = self._check_sampling(top_k, top_p, temperature, cfg_coef)
@@ -301,7 +304,7 @@ class MusicGen:
             done += w.new + maxd
         del seq
         release_free_memory()  # the KV cache's pages go back to the OS before the decoder needs its own
-        audio = self.decode(piece)
+        audio = self.decode(piece) if decode else None
         if mbd is None:
             yield GenerationOutput(audio, piece.cpu(), self.sample_rate, seed)
             return

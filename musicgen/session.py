@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .pipeline import GenerationOutput, MusicGen, StreamStep
 from .streaming import StreamDecoder
@@ -165,7 +166,11 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     first: tuple[float, int] | None = None  # (time, frames) at the first decode step: the speed reference
     lm_steps = 0  # decode steps, where the engine's progress ticks for the diffusion decoder start
     out: GenerationOutput | None = None
-    for item in _engine_items(mg, req, engine_kwargs(req, seed, melody, continuation)):
+    kwargs = engine_kwargs(req, seed, melody, continuation)
+    if decoder is not None and "decode" in inspect.signature(mg.stream).parameters:
+        kwargs["decode"] = False  # the StreamDecoder has every sample by the end: no second EnCodec pass
+    decoded: list[np.ndarray] = []  # every sample the StreamDecoder produced, sent or not
+    for item in _engine_items(mg, req, kwargs):
         if isinstance(item, tuple):  # ("tick", step, total): the diffusion decoder's steps after the tokens
             yield Progress("diffusion", item[1] - lm_steps, item[2] - lm_steps)
         elif isinstance(item, GenerationOutput):
@@ -181,6 +186,7 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
             audio = decoder.push(item.tokens)[0].numpy()
             if audio.shape[-1]:
                 pending.append(audio)
+                decoded.append(audio)
             if not playing:
                 rate = (n - first[1]) / frame_rate / max(now - first[0], 1e-6)
                 buffered = (decoder.emitted - sent) / sr
@@ -195,8 +201,16 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     if out is None:
         raise RuntimeError("the engine stopped without returning the generated audio")
     elapsed = clock() - start
-    encodec = None
-    if req.decoder != "encodec":
+
+    def encodec_audio(kept: torch.Tensor | None) -> np.ndarray:
+        if kept is not None:
+            return kept[0].numpy()
+        if decoder is not None and decoder.done:
+            return np.concatenate(decoded, axis=-1)
+        return mg.decode(out.tokens)[0].numpy()
+
+    if req.decoder == "encodec":
+        yield Result(encodec_audio(out.audio), None, out.sample_rate, out.seed, elapsed)
+    else:
         kept = getattr(out, "audio_encodec", None)
-        encodec = (kept if kept is not None else mg.decode(out.tokens))[0].numpy()
-    yield Result(out.audio[0].numpy(), encodec, out.sample_rate, out.seed, elapsed)
+        yield Result(out.audio[0].numpy(), encodec_audio(kept), out.sample_rate, out.seed, elapsed)

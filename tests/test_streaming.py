@@ -158,6 +158,8 @@ def test_run_streams_chunks_that_add_up_to_the_result(small: MusicGen, tick: flo
     streamed = np.concatenate([c.audio for c in chunks], axis=-1)
     assert streamed.shape == result.audio.shape
     assert np.abs(streamed - result.audio).max() <= TOL
+    direct = small.generate("lofi beat", 2.0, seed=5).audio[0].numpy()  # the result is the engine's audio
+    assert np.abs(result.audio - direct).max() <= TOL
     first = events.index(chunks[0])
     assert progress_before(events, first) >= first_chunk_at * 100
 
@@ -247,3 +249,16 @@ def test_continuation_streams_the_clip_first(small: MusicGen) -> None:
     assert np.abs(res.audio - direct).max() <= TOL
     progress = [e.done for e in events if isinstance(e, session.Progress)]
     assert progress[0] >= 38 and progress[-1] == 100  # the clip's 38 frames are there from the start
+
+
+def test_streaming_runs_skip_the_second_decode(small: MusicGen, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The StreamDecoder has every sample by the end, so the engine is asked not to decode again."""
+    out = list(small.stream("lofi beat", 1.0, seed=2, decode=False))[-1]
+    assert out.audio is None and out.tokens.shape == (1, 4, 50)
+    calls = []
+    real = MusicGen.decode
+    monkeypatch.setattr(MusicGen, "decode", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    res = list(session.run(small, request(1.0)))[-1]
+    assert calls == [] and res.audio.shape == (1, 32000)
+    list(session.run(small, request(1.0), stream=False))  # without a StreamDecoder the engine decodes
+    assert calls == [1]

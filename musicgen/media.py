@@ -16,10 +16,11 @@ import soundfile as sf
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InvalidInputError
+from .pipeline import WINDOW
 
 MELODY_MAX_SECONDS = 30.0  # the melody models look at the first 30 s at most
 MELODY_MIN_SECONDS = 0.5
-CONTINUE_MAX_SECONDS = 30.0  # the prompt must fit in the model's 30 s window (musicgen.pipeline.WINDOW)
+CONTINUE_MAX_SECONDS = WINDOW  # the prompt must fit in the model's 30 s window
 CONTINUE_MIN_SECONDS = 0.1  # a few EnCodec frames (50 per second)
 SILENCE_PEAK = 10 ** (-60 / 20)  # a melody whose peak is below -60 dBFS carries no tune
 DECODE_RATE = 32000  # rate ffmpeg decodes to when soundfile cannot read a file

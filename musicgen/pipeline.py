@@ -87,7 +87,8 @@ class MusicGen:
             raise InvalidInputError(f"quantize must be None, 'int8' or 'int8-weight-only', got {quantize!r}")
         device = torch.device(device) if device is not None else default_device()
         if quantize is not None and not (int8_available() or quantize == "int8" and dynamic_int8_available(device)):
-            raise InvalidInputError(f"quantize='int8' needs torch._weight_int8pack_mm (torch {torch.__version__})")
+            raise InvalidInputError(f"quantize={quantize!r} needs torch._weight_int8pack_mm "
+                                    f"(torch {torch.__version__})")
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
         folder = resolve(name_or_path, revision)

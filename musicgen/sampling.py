@@ -40,14 +40,16 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     logits = logits / params.temperature
     if params.top_p <= 0 < params.top_k < logits.shape[-1]:
         top, idx = torch.topk(logits, params.top_k, dim=-1)
-        probs = torch.softmax(top, dim=-1)
-        race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-        return idx.gather(-1, (probs / race).argmax(-1, keepdim=True)).squeeze(-1)
+        return idx.gather(-1, race(torch.softmax(top, dim=-1), generator)[..., None]).squeeze(-1)
     probs = torch.softmax(logits, dim=-1)
     if params.top_p > 0:
         probs = top_p_filter(probs, params.top_p)
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / race).argmax(-1)
+    return race(probs, generator)
+
+
+def race(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """probs [..., V] (need not sum to 1) -> index [...] drawn with probability proportional to probs."""
+    return (probs / torch.empty_like(probs).exponential_(1.0, generator=generator)).argmax(-1)
 
 
 def delay_columns(delays: torch.Tensor, frames: int, column: int) -> torch.Tensor:

@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torchaudio
 from einops import rearrange
 
+from .dsp import resample
 from .errors import InvalidInputError
-from .melody import RESAMPLE, SILENCE, user_audio
+from .melody import SILENCE, user_audio
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,7 @@ def prepare_prompt_audio(wave: object, sample_rate: int, batch: int, channels: i
         raise InvalidInputError("prompt audio is silent")
     if x.shape[1] != channels:
         x = x.mean(dim=1, keepdim=True).expand(-1, channels, -1)
-    if sample_rate != target_rate:
-        x = torchaudio.functional.resample(x, sample_rate, target_rate, **RESAMPLE)
+    x = resample(x, sample_rate, target_rate)
     x = x.expand(batch, -1, -1)
     return rearrange(x, "b c s -> (b c) 1 s").contiguous()
 

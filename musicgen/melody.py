@@ -9,15 +9,13 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchaudio
 
 from .config import MelodyConfig
+from .dsp import power_spectrogram, resample
 from .errors import InvalidInputError
 
 A440_OCTAVE_DIVISOR = 16  # librosa: octaves are counted from A440 / 16 (A0 = 27.5 Hz)
 SILENCE = 1e-5  # peak amplitude below which a melody is considered silent (-100 dBFS)
-# transformers resamples melodies with these torchaudio settings (feature extractor)
-RESAMPLE = {"rolloff": 0.945, "lowpass_filter_width": 24}
 
 
 def chroma_filter_bank(sample_rate: int, n_fft: int, n_chroma: int = 12) -> torch.Tensor:
@@ -82,8 +80,7 @@ class ChromaExtractor:
     def __init__(self, cfg: MelodyConfig) -> None:
         self.cfg = cfg
         self.filters = chroma_filter_bank(cfg.sample_rate, cfg.n_fft, cfg.num_chroma)
-        self.spectrogram = torchaudio.transforms.Spectrogram(
-            n_fft=cfg.n_fft, win_length=cfg.n_fft, hop_length=cfg.hop_length, power=2, center=True, normalized=True)
+        self.spectrogram = power_spectrogram(cfg.n_fft, cfg.hop_length)
 
     def prepare(self, wave: object, sample_rate: int, batch: int, seconds: float | None = None) -> torch.Tensor:
         """User melody -> mono float32 at the model rate, cut to what is used (the first `seconds`, by
@@ -99,8 +96,7 @@ class ChromaExtractor:
         x = x.mean(dim=1)  # downmix to mono: [N, S]
         if x.abs().amax(dim=-1).min() < SILENCE:
             raise InvalidInputError("melody is silent: give audio with an audible tune")
-        if sample_rate != self.cfg.sample_rate:
-            x = torchaudio.functional.resample(x, sample_rate, self.cfg.sample_rate, **RESAMPLE)
+        x = resample(x, sample_rate, self.cfg.sample_rate)
         return x[..., : int(seconds * self.cfg.sample_rate)]
 
     @torch.no_grad()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from .errors import CheckpointError
 # Model types transformers writes into config.json for the MusicGen family.
 TEXT_CONDITIONED = "musicgen"
 MELODY_CONDITIONED = "musicgen_melody"
+HEAD_DIM = 64  # attention head size of every released MusicGen LM (1024/16, 1536/24, 2048/32)
 
 
 def _get(d: dict[str, Any], key: str, default: Any = ...) -> Any:
@@ -174,6 +176,12 @@ class LMConfig:
         )
         if cfg.dim % cfg.num_heads:
             raise CheckpointError("config.json: decoder hidden_size is not divisible by num_attention_heads")
+        if cfg.head_dim != HEAD_DIM:
+            warnings.warn(
+                f"config.json: decoder hidden_size {cfg.dim} / num_attention_heads {cfg.num_heads} gives attention "
+                f"heads of size {cfg.head_dim}, but every MusicGen model uses {HEAD_DIM}. Early Hub conversions "
+                f"wrote a default head count, which loads but generates noise: if this is an official checkpoint, "
+                f"set the decoder's num_attention_heads to {cfg.dim // HEAD_DIM} in config.json", stacklevel=2)
         return cfg
 
 

@@ -25,7 +25,7 @@ from .lm import LM
 from .longform import Window, frames_of, loop_audio, plan_windows, prepare_prompt_audio
 from .melody import ChromaExtractor
 from .sampling import SamplingParams, undelay
-from .streaming import StreamDecoder
+from .streaming import StreamDecoder, can_stream
 from .text import T5Encoder, TextTokenizer
 from .weights import Checkpoint, release_free_memory
 
@@ -127,6 +127,11 @@ class MusicGen:
         return self.cfg.lm.num_codebooks
 
     @property
+    def can_stream(self) -> bool:
+        """Exact chunked EnCodec decoding (streaming.StreamDecoder) applies; else one decode pass at the end."""
+        return can_stream(self.codec)
+
+    @property
     def supports_melody(self) -> bool:
         return self.chroma is not None
 
@@ -167,7 +172,7 @@ class MusicGen:
         if decoder == "mbd":
             generator = torch.Generator().manual_seed(self._check_seed(seed))  # MBD draws its noise on the CPU
             audio = self.mbd.decode(codes, self.codec, generator, progress)
-        elif tokens.shape[-1] > (chunk := max(DECODE_CHUNK // codes.shape[0], 16)):
+        elif tokens.shape[-1] > (chunk := max(DECODE_CHUNK // codes.shape[0], 16)) and self.can_stream:
             return self._decode_chunked(tokens, chunk)
         else:
             audio = self.codec.decode(codes)

@@ -76,6 +76,21 @@ def stack_reach(stack: list[nn.Module], hop: int) -> tuple[int, int]:
     return lo, n - hi
 
 
+def can_stream(codec: nn.Module) -> bool:
+    """Whether `codec`'s decoder has the layout and reach rules above (every EnCodec of the MusicGen
+    checkpoints). A causal EnCodec (transformers' EncodecConfig default: all padding on the left, trims on
+    the right) has other rules: it is decoded in one pass instead, and the app plays it when it is done."""
+    layers = list(codec.decoder.layers)
+    if len(layers) < 3 or not (isinstance(layers[0], SConv1d) and isinstance(layers[1], LSTM)):
+        return False
+    try:
+        conv_padding(layers[0])
+        stack_reach(layers[2:], codec.cfg.hop_length)
+    except NotImplementedError:
+        return False
+    return True
+
+
 class StreamDecoder:
     """Exact incremental EnCodec decoding of the growing token prefixes from `MusicGen.stream`.
 

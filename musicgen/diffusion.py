@@ -10,7 +10,9 @@ Noise is drawn on the CPU, per batch item, from that item's own generator (in ba
 then one draw per stochastic step). Item i of a batch decode therefore equals decoding item i alone with
 the same generator: stereo (left and right as two items) is exactly two mono decodes, and a seed gives
 the same audio on any device and in any batch. Unlike audiocraft, the re-EQ gains are also computed per
-item (audiocraft pools the whole batch, which makes one prompt's audio depend on the others').
+item (audiocraft pools the whole batch, which makes one prompt's audio depend on the others'). The band
+networks run in eval mode: audiocraft's `get_mbd_musicgen` never calls `.eval()`, so its bottleneck
+transformer samples with its (hard-coded) 0.1 dropout active; we compute the deterministic network.
 """
 
 from __future__ import annotations
@@ -126,42 +128,58 @@ def re_eq(wav: torch.Tensor, ref: torch.Tensor, splitter: SplitBands, strictness
 
 
 class SampleProcessor(nn.Module):
-    """audiocraft's MultiBandProcessor (inverse direction only): each of `n_bands` mel bands of the model's
-    output is scaled by (std / target_std) ** power_std and shifted by its mean, with the statistics it
-    gathered during training. `target_std` is a mean square, as in audiocraft. Identity when not used."""
+    """audiocraft's band-model sample processor, built from `cfg.processor` like audiocraft's `get_processor`.
+
+    `use` true (audiocraft's MultiBandProcessor): the model's output is split into `n_bands` mel bands and each
+    is scaled by (std / target_std) ** power_std and shifted by its mean (`forward`, audiocraft's
+    `return_sample`; `project` is the training-time inverse), with the statistics gathered during training.
+    `target_std` is a mean square, as in audiocraft. The state dict is audiocraft's: the four statistics and
+    julius' band-split filters `split_bands.lowpass.filters`, loaded from the checkpoint as audiocraft's strict
+    load does (not recomputed). `use` false (a plain SampleProcessor): the identity, with an empty state."""
+
+    STATISTICS = ("counts", "sum_x", "sum_x2", "sum_target_x2")
 
     def __init__(self, cfg: Mapping[str, Any], sample_rate: int, where: str):
         super().__init__()
         self.use = bool(cfg.get("use", False))
-        if self.use and cfg.get("name", "multi_band_processor") != "multi_band_processor":
-            raise CheckpointError(f"{where}: unknown sample processor {cfg.get('name')!r}")
-        n = int(cfg.get("n_bands", 8)) if self.use else 0
-        power = cfg.get("power_std", 1.0)
-        self.register_buffer("power_std", torch.tensor(power, dtype=torch.float32).reshape(-1))
-        for name, size in (("counts", 1), ("sum_x", n), ("sum_x2", n), ("sum_target_x2", n)):
-            self.register_buffer(name, torch.zeros(size) if self.use else torch.zeros(0))
-        self.splitter = SplitBands(sample_rate, n) if self.use else None
-        if self.use and self.power_std.numel() not in (1, n):
-            raise CheckpointError(f"{where}: processor power_std has {self.power_std.numel()} values for {n} bands")
-
-    def load(self, source: TensorSource, prefix: str) -> None:
+        self.split_bands: julius.SplitBands | None = None
         if not self.use:
             return
-        for name in ("counts", "sum_x", "sum_x2", "sum_target_x2"):
-            t = source.fetch(prefix + name)
-            if t.shape != getattr(self, name).shape:
-                raise CheckpointError(f"tensor {prefix}{name} has shape {tuple(t.shape)}, "
-                                      f"expected {tuple(getattr(self, name).shape)}")
-            setattr(self, name, t.float().to(getattr(self, name).device))
+        if cfg.get("name", "multi_band_processor") != "multi_band_processor":
+            raise CheckpointError(f"{where}: unknown sample processor {cfg.get('name')!r}")
+        n = int(cfg.get("n_bands", 8))
+        power = torch.tensor(cfg.get("power_std", 1.0), dtype=torch.float32).reshape(-1)
+        if power.numel() not in (1, n):
+            raise CheckpointError(f"{where}: processor power_std has {power.numel()} values for {n} bands")
+        self.register_buffer("power_std", power, persistent=False)  # from the config, not the state
+        for name in self.STATISTICS:
+            self.register_buffer(name, torch.zeros(1 if name == "counts" else n))
+        self.split_bands = julius.SplitBands(sample_rate, n_bands=n)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.splitter is None:
-            return x
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per band [n_bands, 1, 1, 1]: mean, std and target_std (a mean square), as audiocraft computes them."""
         mean = self.sum_x / self.counts
         std = (self.sum_x2 / self.counts - mean**2).clamp(min=0).sqrt()
-        rescale = (std / (self.sum_target_x2 / self.counts)) ** self.power_std
-        bands = self.splitter(x)
-        return (bands * rescale.view(-1, 1, 1, 1) + mean.view(-1, 1, 1, 1)).sum(dim=0)
+        target = self.sum_target_x2 / self.counts
+        return tuple(t.view(-1, 1, 1, 1) for t in (mean, std, target))  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Diffusion space -> audio (audiocraft's return_sample): [B, C, S] -> [B, C, S]."""
+        if self.split_bands is None:
+            return x
+        mean, std, target = self._stats()
+        bands = self.split_bands(x)  # [n_bands, B, C, S]
+        return (bands * (std / target) ** self.power_std.view(-1, 1, 1, 1) + mean).sum(dim=0)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Audio -> diffusion space with the frozen statistics (audiocraft's project_sample once it has seen
+        `num_samples` items): [B, C, S] -> [B, C, S]. Decoding never uses it (audiocraft builds training targets
+with it); it lets the tests check the statistics' meaning in both directions against audiocraft."""
+        if self.split_bands is None:
+            return x
+        mean, std, target = self._stats()
+        bands = self.split_bands(x)
+        return ((bands - mean) * (target / std.clamp(min=1e-12)) ** self.power_std.view(-1, 1, 1, 1)).sum(dim=0)
 
 
 class Band(nn.Module):
@@ -179,7 +197,8 @@ class Band(nn.Module):
         load_module(self.unet, source, lambda name: name, device, torch.float32)  # type: ignore[arg-type]
         self.unet.eval()
         self.processor.to(device)
-        self.processor.load(source, ckpt_io.PROCESSOR_PREFIX)
+        load_module(self.processor, source, lambda name: ckpt_io.PROCESSOR_PREFIX + name, device,  # type: ignore[arg-type]
+                    torch.float32)
 
     def sample(self, noise: Callable[[], torch.Tensor], condition: torch.Tensor, tick: Callable[[], None]
                ) -> torch.Tensor:

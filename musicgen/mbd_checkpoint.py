@@ -5,8 +5,10 @@
 It is read with torch's `weights_only` unpickler, whose allow-list we extend with small local stand-ins
 for the omegaconf classes (so omegaconf is not needed at run time). The file is first scanned and any other
 global (`os.system`, `builtins.eval`, ...) is refused by name before anything is unpickled. Each band's
-config becomes a plain JSON dict, its tensors a safetensors file; that conversion is stored next to the
-download in the HF cache (keyed by the file's blob hash) and is what every later run loads.
+config becomes a plain JSON dict, its tensors (the DiffusionUnet's state, then under `processor_state.` the
+band processor's: statistics and julius' band-split filters, or nothing when the processor is off; exactly the
+keys audiocraft's strict loads need, nothing else accepted) a safetensors file; that conversion is stored next
+to the download in the HF cache (keyed by the file's blob hash) and is what every later run loads.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from .unet import UNetConfig, expected_state_shapes
 
 REPO_ID = "facebook/multiband-diffusion"
 FILENAME = "mbd_musicgen_32khz.th"
-FORMAT, FORMAT_VERSION = "musicgen-mbd", 1
+FORMAT, FORMAT_VERSION = "musicgen-mbd", 2  # 2: processor_state includes julius' band-split filters
 CONVERTED = "musicgen-converted"  # folder inside the repo's HF cache folder (the cache tools ignore it)
 PROCESSOR_PREFIX = "processor_state."
 CFG_SECTIONS = ("channels", "sample_rate", "diffusion_unet", "schedule", "processor")
@@ -201,21 +203,37 @@ def parse(pkg: Any, source: str) -> tuple[dict[str, Any], list[dict[str, torch.T
                     raise CheckpointError(f"{where}: state entry {key!r} is not a tensor")
                 name = _legacy_attention_key(str(key)) if prefix == "" else str(key)
                 state[prefix + name] = t
-        _check_shapes(UNetConfig.from_band_cfg(cfg, where), state, where)
+        _check_shapes(cfg, pkg["sample_rate"], state, where)
         bands.append(cfg)
         tensors.append(state)
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "sample_rate": pkg["sample_rate"],
             "n_bands": pkg["n_bands"], "bands": bands}, tensors
 
 
-def _check_shapes(cfg: UNetConfig, state: Mapping[str, torch.Tensor], where: str) -> None:
-    want = expected_state_shapes(cfg)
-    got = {k: tuple(t.shape) for k, t in state.items() if not k.startswith(PROCESSOR_PREFIX)}
+def expected_shapes(cfg: Mapping[str, Any], sample_rate: int, where: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor a band's state must hold, as audiocraft's strict loads require: the DiffusionUnet's state
+    dict, then the processor's under PROCESSOR_PREFIX (audiocraft's MultiBandProcessor when processor.use:
+    statistics and julius' band-split filters; nothing for the plain SampleProcessor)."""
+    from .diffusion import SampleProcessor  # diffusion imports this module: resolved at call time
+
+    want = expected_state_shapes(UNetConfig.from_band_cfg(cfg, where))
+    processor = SampleProcessor(cfg.get("processor") or {}, sample_rate, where)
+    want.update({PROCESSOR_PREFIX + k: tuple(t.shape) for k, t in processor.state_dict().items()})
+    return want
+
+
+def _check_shapes(cfg: Mapping[str, Any], sample_rate: int, state: Mapping[str, torch.Tensor], where: str) -> None:
+    want, got = expected_shapes(cfg, sample_rate, where), {k: tuple(t.shape) for k, t in state.items()}
+
+    def part(key: str) -> str:
+        return "processor_state" if key.startswith(PROCESSOR_PREFIX) else "model_state"
+
     if missing := sorted(set(want) - set(got)):
-        raise CheckpointError(f"{where}: model_state lacks {len(missing)} tensor(s) its config implies: "
+        raise CheckpointError(f"{where}: {part(missing[0])} lacks {len(missing)} tensor(s) its config implies: "
                               f"{', '.join(missing[:6])}")
     if extra := sorted(set(got) - set(want)):
-        raise CheckpointError(f"{where}: model_state has tensor(s) its config does not explain: {', '.join(extra[:6])}")
+        raise CheckpointError(f"{where}: {part(extra[0])} has tensor(s) its config does not explain: "
+                              f"{', '.join(extra[:6])}")
     if bad := [k for k in want if want[k] != got[k]]:
         raise CheckpointError(f"{where}: tensor {bad[0]} has shape {got[bad[0]]}, its config implies {want[bad[0]]}")
 

@@ -261,40 +261,46 @@ class DiffusionUnet(nn.Module):
         return self.cfg.stride**self.cfg.depth
 
     def forward(self, x: torch.Tensor, step: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, S], step [B] long, condition [B, codec_dim, T] -> predicted noise [B, C, S]."""
         skips = []
         z = x
         for i, encoder in enumerate(self.encoders):
-            z = encoder(z)
+            z = encoder(z)  # [B, width_i, ceil(S_i / stride)]
             if i == 0:
                 z = z + self.embedding(step)[:, :, None]
             elif self.embeddings is not None:
                 z = z + self.embeddings[i - 1](step)[:, :, None]
             skips.append(z)
 
-        memory = None
-        if self.conv_codec is not None:
-            if condition is None:
-                raise ValueError("this band model is conditioned on the codec latent: pass `condition`")
-            cond = self.conv_codec(condition)
-            if cond.shape[-1] > 2 * z.shape[-1]:
-                raise CheckpointError(f"band model downsamples {self.downsampling}x, more than twice the condition's "
-                                      f"frame rate ({cond.shape[-1]} frames for {z.shape[-1]} bottleneck steps)")
-            if self.cross_attention:
-                memory = cond.transpose(1, 2)
-                memory = memory + sin_embedding(memory.shape[1], memory.shape[2], memory.device, memory.dtype)
-            else:
-                z = z + F.interpolate(cond, z.shape[-1])  # nearest neighbour, as audiocraft
+        z, memory = self._add_condition(z, condition)
+        skips[-1] = z  # audiocraft adds the condition in place (`z += ...`) to the deepest skip's tensor
         if self.transformer is not None:
             z = self.transformer(z.transpose(1, 2), memory).transpose(1, 2)
         elif self.bilstm is not None:
             z = self.bilstm(z)
-        else:  # audiocraft's UNet without a bottleneck module discards the bottleneck (skips only)
+        else:  # audiocraft's UNet without a bottleneck module zeroes the bottleneck (the skips remain)
             z = torch.zeros_like(z)
 
         for decoder in self.decoders:
             s = skips.pop()
             z = decoder(z[..., : s.shape[-1]] + s)
         return z[..., : x.shape[-1]]
+
+    def _add_condition(self, z: torch.Tensor, condition: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Bottleneck z [B, W, L] -> (z with the codec condition added, or cross-attention memory [B, T, W])."""
+        if self.conv_codec is None:
+            return z, None
+        if condition is None:
+            raise ValueError("this band model is conditioned on the codec latent: pass `condition`")
+        cond = self.conv_codec(condition)  # [B, W, T]
+        if cond.shape[-1] > 2 * z.shape[-1]:
+            raise CheckpointError(f"band model downsamples {self.downsampling}x, more than twice the condition's "
+                                  f"frame rate ({cond.shape[-1]} frames for {z.shape[-1]} bottleneck steps)")
+        if self.cross_attention:
+            memory = cond.transpose(1, 2)
+            return z, memory + sin_embedding(memory.shape[1], memory.shape[2], memory.device, memory.dtype)
+        return z + F.interpolate(cond, z.shape[-1]), None  # nearest neighbour, as audiocraft
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,15 +1,29 @@
-"""The multi-band diffusion decoder wired into MusicGen: generate / decode / stream / CLI."""
+"""The multi-band diffusion decoder wired into MusicGen: generate / decode / stream / CLI.
+
+The MBD weights are built by audiocraft 1.3.0 (tests/helpers/mbd_checkpoints.py) and, for stereo, the decode of
+each channel is compared with audiocraft's own MultiBandDiffusion (tests/helpers/audiocraft_oracle.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from mbd_checkpoints import build_mbd_checkpoint
+from helpers import audiocraft_oracle as oracle
+from helpers.mbd_checkpoints import build_mbd_checkpoint
 
 from musicgen import InvalidInputError, MusicGen
 from musicgen.diffusion import MultiBandDiffusion
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny networks: one thread is ~10x faster than two on a busy 2-core machine (see test_diffusion.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +53,9 @@ def test_generate_with_mbd(with_mbd: MusicGen) -> None:
 
 
 def test_stereo_mbd_is_two_mono_decodes(mbd_file: Path, tmp_path: Path) -> None:
-    """Stereo tokens: left and right are decoded as two mono items (L0 R0 L1 R1 ... split per channel)."""
+    """Stereo tokens: left and right are decoded as two mono items (L0 R0 L1 R1 ... split per channel), each
+    equal to audiocraft's mono MBD decode of that channel with that item's noise (audiocraft's own stereo MBD
+    path raises IndexError, its issues #401 / #408)."""
     from checkpoints import build_checkpoint
 
     from musicgen.diffusion import item_generators
@@ -50,12 +66,13 @@ def test_stereo_mbd_is_two_mono_decodes(mbd_file: Path, tmp_path: Path) -> None:
     tokens = torch.randint(0, 2048, (1, 8, 4), generator=torch.Generator().manual_seed(0))
     stereo = mg.decode(tokens, "mbd", seed=9)
     assert stereo.shape == (1, 2, 4 * 640)
-    left_gen, right_gen = item_generators(torch.Generator().manual_seed(9), 2)
-    left = mg.mbd.decode(tokens[:, 0::2], mg.codec, [left_gen]).clamp(-1, 1)
-    right = mg.mbd.decode(tokens[:, 1::2], mg.codec, [right_gen]).clamp(-1, 1)
-    torch.testing.assert_close(stereo[:, :1], left, rtol=1e-5, atol=1e-5)  # batch-size-dependent float rounding
-    torch.testing.assert_close(stereo[:, 1:], right, rtol=1e-5, atol=1e-5)
-    assert (left - right).abs().max() > 1e-2
+    reference = oracle.multiband_diffusion(mbd_file, mg.codec)
+    channels = []
+    for i, gen in enumerate(item_generators(torch.Generator().manual_seed(9), 2)):
+        with oracle.noise_from([gen]):
+            channels.append(reference.tokens_to_wav(tokens[:, i::2]).clamp(-1, 1))
+        assert float((stereo[:, i : i + 1] - channels[-1]).abs().max()) <= 1e-4
+    assert (channels[0] - channels[1]).abs().max() > 1e-2
 
 
 def test_bad_decoder(with_mbd: MusicGen) -> None:

@@ -76,8 +76,10 @@ class Studio:
         needed."""
         req = studio.parse_request(*args, features=self.features)
         ckpt, notice = studio.choose_checkpoint(req.model_size, req.stereo, req.melody_path is not None)
-        melody = media.load_melody(req.melody_path) if req.melody_path else None
-        clip = media.load_continuation(req.continue_path) if req.continue_path else None
+        uploads = (media.load_melody(req.melody_path) if req.melody_path else None,
+                   media.load_continuation(req.continue_path) if req.continue_path else None)
+        notice = " ".join(n for n in (notice, *(u.notice for u in uploads if u)) if n) or None
+        melody, clip = (u.clip if u else None for u in uploads)
         if clip is not None:
             studio.check_continuation(req.duration, clip)
         return Job(req, ckpt, notice, melody, clip)

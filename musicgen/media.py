@@ -1,4 +1,8 @@
-"""Audio files in and out for the web app: 16-bit WAV, melody files, and a waveform + spectrogram picture.
+"""Audio files in and out for the web app: 16-bit WAV, uploads (melody, audio to continue), and a waveform +
+spectrogram picture.
+
+Uploads are bounded in what they cost (see "uploads" below): the header is checked before decoding, only
+the part that is used is decoded, in blocks, each mixed down at once into one preallocated float32 array.
 
 The picture is drawn with numpy and Pillow (no plotting library): a min/max envelope per pixel column for
 each channel, and a log-magnitude STFT on a mel-spaced frequency axis with a magma-like colour map.
@@ -7,14 +11,20 @@ each channel, and a log-magnitude STFT on a mel-spaced frequency axis with a mag
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from . import dsp
 from .errors import InvalidInputError
 from .pipeline import WINDOW
 
@@ -23,7 +33,6 @@ MELODY_MIN_SECONDS = 0.5
 CONTINUE_MAX_SECONDS = WINDOW  # the prompt must fit in the model's 30 s window
 CONTINUE_MIN_SECONDS = 0.1  # a few EnCodec frames (50 per second)
 SILENCE_PEAK = 10 ** (-60 / 20)  # a melody whose peak is below -60 dBFS carries no tune
-DECODE_RATE = 32000  # rate ffmpeg decodes to when soundfile cannot read a file
 
 
 # ---------------------------------------------------------------------------------------------------- WAV
@@ -47,46 +56,215 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------------- melody
+# ---------------------------------------------------------------------------------------------------- uploads
+# What an upload may cost. Uploads are at most 50 MB (app.py), but a compressed file says little about its
+# decoded size (FLAC of a constant: 180 KB for 31 s of 8 channels at 655,350 Hz, 650 MB as float32), so
+# the cost is bounded by the format, checked from the header BEFORE anything is decoded:
+RATE_MIN = 8_000  # telephone audio: below it there is no tune to follow and no music worth continuing
+RATE_MAX = 192_000  # the highest rate studio recorders and DAWs export (4 x 48 kHz)
+CHANNELS_MAX = 8  # 7.1 surround, the largest common layout (and the most FLAC stores)
+MODEL_RATE = 32_000  # the rate of EnCodec and of the chroma extractor: the engine resamples every upload to it
+# Samples (all channels) of an upload handed on as read, at its own rate; a longer one (not at MODEL_RATE) is
+# converted to MODEL_RATE here, in segments (_to_model_rate). The engine resamples what it gets in one call,
+# and torchaudio's conv1d (2.11, CPU) took up to ~85 B per input sample (16 -> 32 kHz: 72 MB for 31 s of
+# stereo; 48 -> 32 kHz: 79 MB), on top of the engine's own copies: this keeps that part under ~45 MB.
+NATIVE_SAMPLES_MAX = 1 << 19
+# Taps of the sinc kernel torchaudio builds for rate -> 32 kHz (after reducing the ratio: new x (orig + 2 width));
+# it builds them in float64 with temporaries (measured: 28 MB at this bound). 44.1 kHz needs 163 k, 11.025 kHz 631 k;
+# a rate that does not reduce against 32,000 (44,101 Hz: 1.4 G taps) would take tens of gigabytes.
+KERNEL_TAPS_MAX = 1 << 20
+# Multiply-adds per second of audio (per channel) of that resampling: taps x gcd(rate, 32,000). The common
+# rates need at most 23 M (176.4 kHz: ~4 s of CPU for 31 s of stereo; 44.1 kHz: 16 M, ~1.4 s); this bound
+# keeps the odd rates that pass the kernel bound (121,792 Hz: 67 M) within that range of CPU time.
+RESAMPLE_MACS_MAX = 1 << 25
+PEAK_MAX = 1e4  # float samples beyond +80 dBFS are not a mix that went hot: the file is broken or hostile
+BLOCK_FRAMES = 1 << 16  # frames decoded at once: at most 8 ch x 4 B x 65,536 = 2 MB
+SEGMENT_FRAMES = 1 << 16  # input frames resampled at once by _to_model_rate: 2 ch x 65,536 x ~85 B = 11 MB
+FFMPEG_SECONDS = 60  # ffmpeg's time to decode the part that is used (-t), then it is killed
+COMMON_RATES = "16,000, 22,050, 44,100, 48,000 or 96,000 Hz"  # named in messages: all convert cheaply
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A checked upload: wave [channels, samples] float32 (melody: 1 channel; audio to continue: 1 or 2) at
+    `sample_rate`, and a notice for the user about what was changed (scaled down, mixed to mono) or None.
+    Unpacks as the engine's clip: `wave, rate = upload`."""
+
+    wave: np.ndarray
+    sample_rate: int
+    notice: str | None = None
+
+    @property
+    def clip(self) -> tuple[np.ndarray, int]:
+        """(wave, sample_rate): what MusicGen.generate takes as melody / continue_from."""
+        return self.wave, self.sample_rate
+
+    def __iter__(self) -> Iterator[np.ndarray | int]:
+        return iter(self.clip)
+
+
+def _sinc_kernel(rate: int) -> tuple[int, int]:
+    """(taps, width) of the kernel dsp.resample (torchaudio) builds for rate -> MODEL_RATE: new x (orig + 2
+    width) taps for the reduced ratio orig / new, reaching `width` input samples either side of a frame."""
+    g = math.gcd(rate, MODEL_RATE)
+    orig, new = rate // g, MODEL_RATE // g
+    width = math.ceil(dsp.RESAMPLE["lowpass_filter_width"] * orig / (min(orig, new) * dsp.RESAMPLE["rolloff"]))
+    return new * (orig + 2 * width), width
+
+
+def _check_format(rate: int, channels: int, what: str, name: str) -> None:
+    """Refuse, from the header alone, files whose decoding or resampling could cost more than the bounds."""
+    if not RATE_MIN <= rate <= RATE_MAX:
+        raise InvalidInputError(f"the {what} file {name} has a sample rate of {rate:,} Hz; this server reads "
+                                f"{RATE_MIN:,} - {RATE_MAX:,} Hz: convert it (44,100 or 48,000 Hz are common)")
+    taps = _sinc_kernel(rate)[0]
+    if taps > KERNEL_TAPS_MAX or taps * math.gcd(rate, MODEL_RATE) > RESAMPLE_MACS_MAX:
+        raise InvalidInputError(f"the {what} file {name} has an unusual sample rate of {rate:,} Hz that does not "
+                                f"convert cheaply to the model's {MODEL_RATE:,} Hz: convert it to a common rate "
+                                f"({COMMON_RATES})")
+    if not 1 <= channels <= CHANNELS_MAX:
+        raise InvalidInputError(f"the {what} file {name} has {channels} channels; this server reads at most "
+                                f"{CHANNELS_MAX} (7.1 surround): mix it down to stereo or mono")
+
+
+def _check_samples(block: np.ndarray, what: str, name: str) -> None:
+    """Finite samples within +-PEAK_MAX, checked as each block is decoded (no copy: NaN and inf show in the
+    extremes)."""
+    if block.size == 0:
+        return
+    top, bottom = float(block.max()), float(block.min())
+    if not (math.isfinite(top) and math.isfinite(bottom)):
+        raise InvalidInputError(f"the {what} file {name} contains invalid samples (NaN or infinity)")
+    if max(top, -bottom) > PEAK_MAX:
+        raise InvalidInputError(f"the {what} file {name} has samples up to {max(top, -bottom):.3g}: audio stays "
+                                f"within +-1 (full scale), and louder float files are scaled down only up to "
+                                f"+-{PEAK_MAX:g}; this one is broken or not audio")
+
+
+def _read_blocks(f: sf.SoundFile, frames: int, stereo: bool, what: str, name: str) -> np.ndarray:
+    """The first `frames` frames of an open file -> [1 or 2, n] float32, read BLOCK_FRAMES at a time into one
+    preallocated array, each block checked and downmixed at once: to mono, except stereo kept as stereo when
+    `stereo`. More than two channels go to mono: their layout (which is left, right, centre, surround) differs
+    between formats (WAV, FLAC and Vorbis order 5.1 differently) and is often not stored at all."""
+    size = min(frames, max(f.frames, 0))  # soundfile reads no further than f.frames either
+    out_channels = 2 if stereo and f.channels == 2 else 1
+    wave = np.empty((out_channels, size), np.float32)
+    buf = np.empty((min(BLOCK_FRAMES, size), f.channels), np.float32)
+    n = 0
+    while n < size:
+        block = f.read(out=buf[: min(len(buf), size - n)])
+        if len(block) == 0:
+            break
+        _check_samples(block, what, name)
+        if out_channels == 2:
+            wave[:, n : n + len(block)] = block.T
+        elif f.channels == 1:
+            wave[0, n : n + len(block)] = block[:, 0]
+        else:
+            np.mean(block, axis=1, out=wave[0, n : n + len(block)])
+        n += len(block)
+    return wave if n == size else np.ascontiguousarray(wave[:, :n])
+
+
+def _to_model_rate(wave: np.ndarray, rate: int) -> np.ndarray:
+    """[C, N] at `rate` -> [C, M] at MODEL_RATE: dsp.resample of the whole (to float rounding), run on
+    segments of SEGMENT_FRAMES with the kernel's reach of context either side, so that no full-size padded
+    copy is made. Segments start at multiples of the reduced `orig` (the kernel's stride)."""
+    g = math.gcd(rate, MODEL_RATE)
+    orig, new = rate // g, MODEL_RATE // g
+    margin = orig * math.ceil(_sinc_kernel(rate)[1] / orig)
+    step = orig * max(1, SEGMENT_FRAMES // orig)
+    length = wave.shape[1]
+    out = np.empty((wave.shape[0], math.ceil(new * length / orig)), np.float32)
+    for start in range(0, length, step):
+        lo, hi = max(0, start - margin), min(length, start + step + margin)
+        seg = dsp.resample(torch.from_numpy(np.ascontiguousarray(wave[:, lo:hi])), rate, MODEL_RATE).numpy()
+        at, skip = start // orig * new, (start - lo) // orig * new
+        count = min(step // orig * new, out.shape[1] - at)
+        out[:, at : at + count] = seg[:, skip : skip + count]
+    return out
+
+
 def _decode_with_ffmpeg(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
-    """Formats libsndfile does not read (m4a, webm, ...): ffmpeg -> mono float32 at 32 kHz."""
+    """Formats libsndfile does not read (m4a, webm, ...): ffmpeg -> mono float32 at MODEL_RATE, the first
+    `max_seconds` (-t). At most that many samples are read from its pipe, whatever ffmpeg writes, and it is
+    killed after FFMPEG_SECONDS."""
     cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-t", str(max_seconds), "-vn", "-ac", "1",
-           "-ar", str(DECODE_RATE), "-f", "f32le", "pipe:1"]
-    proc = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
-    if proc.returncode != 0:
-        raise ValueError(f"ffmpeg could not decode {path.name} (exit code {proc.returncode})")
-    return np.frombuffer(proc.stdout, dtype=np.float32)[None, :].copy(), DECODE_RATE
+           "-ar", str(MODEL_RATE), "-f", "f32le", "pipe:1"]
+    wave = np.empty(int(max_seconds * MODEL_RATE), np.float32)
+    view, got = memoryview(wave).cast("B"), 0
+    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          bufsize=0) as proc:
+        timer = threading.Timer(FFMPEG_SECONDS, proc.kill)
+        timer.start()
+        try:
+            while got < len(view) and (n := proc.stdout.readinto(view[got:])):  # type: ignore[union-attr]
+                got += n
+            if got == len(view):
+                proc.kill()  # all that is used: whatever it would write beyond -t is not read
+            code = proc.wait()  # after end of output it exits, or the timer kills it
+        finally:
+            proc.kill()  # a no-op once it has exited
+            timer.cancel()
+    if got < len(view) and code != 0:  # a full read is enough, however it ended (killed just above)
+        raise ValueError(f"ffmpeg could not decode {path.name} (exit code {code})")
+    return wave[None, : got // 4], MODEL_RATE
 
 
-def load_audio(path: str | Path, what: str, max_seconds: float, min_seconds: float,
-               longer: str = "cut") -> tuple[np.ndarray, int]:
-    """An uploaded audio file -> ([channels, samples] float32, sample rate), checked for being readable,
-    long enough and not silent. `what` names it in messages ("melody", "audio to continue"); a file longer
-    than `max_seconds` is cut there (longer="cut") or refused (longer="refuse"). Raises InvalidInputError
-    with a message for the user."""
+def _read_soundfile(path: Path, seconds: float, stereo: bool, what: str) -> tuple[np.ndarray, int, int]:
+    """(wave [1 or 2, n], sample rate, channels in the file): the first `seconds`, header checked first."""
+    with sf.SoundFile(str(path)) as f:
+        _check_format(f.samplerate, f.channels, what, path.name)
+        return _read_blocks(f, int(seconds * f.samplerate), stereo, what, path.name), f.samplerate, f.channels
+
+
+def _unreadable(what: str, name: str) -> InvalidInputError:
+    return InvalidInputError(f"cannot read the {what} file {name}: it is not an audio file this server can decode "
+                             "(WAV, FLAC, OGG, MP3" + (", M4A, WEBM, ..." if shutil.which("ffmpeg") else "")
+                             + "), or it is damaged")
+
+
+def _level(wave: np.ndarray, what: str, name: str) -> str | None:
+    """Refuse silence; scale a float file that goes above full scale down to a peak of 1.0, in place, and say
+    so (the notice returned)."""
+    peak = float(max(wave.max(), -wave.min()))  # no |wave| copy
+    if peak < SILENCE_PEAK:
+        raise InvalidInputError(f"the {what} file {name} is silent (nothing above -60 dBFS): record or upload "
+                                "a clip that can be heard")
+    if peak <= 1.0:
+        return None
+    np.divide(wave, np.float32(peak), out=wave)
+    return (f"The {what} peaks at {peak:.3g} ({20 * math.log10(peak):+.1f} dBFS), above full scale: it was "
+            "scaled down to a peak of 1.0.")
+
+
+def load_audio(path: str | Path, what: str, max_seconds: float, min_seconds: float, longer: str = "cut",
+               stereo: bool = False) -> Upload:
+    """An uploaded audio file -> Upload, checked for its format (rate, channels: before decoding), being
+    readable, long enough, not silent, and its samples finite and not absurd. Mono, or stereo kept as stereo
+    when `stereo` (see _read_blocks). `what` names it in messages ("melody", "audio to continue"); a file
+    longer than `max_seconds` is cut there (longer="cut") or refused (longer="refuse"). Only what is used is
+    decoded; beyond NATIVE_SAMPLES_MAX it comes back at MODEL_RATE. Raises InvalidInputError with a message for
+    the user."""
     path = Path(path)
     name = path.name
     if not path.is_file():
         raise InvalidInputError(f"the {what} file {name} was not received; upload it again")
     limit = max_seconds + (1.0 if longer == "refuse" else 0.0)  # read a little more to see that it is longer
     try:
-        with sf.SoundFile(str(path)) as f:
-            sr = f.samplerate
-            wave = f.read(frames=int(limit * sr), dtype="float32", always_2d=True).T
+        wave, sr, channels = _read_soundfile(path, limit, stereo, what)
+    except InvalidInputError:
+        raise
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-        unreadable = InvalidInputError(f"cannot read the {what} file {name}: it is not an audio file this server "
-                                       "can decode (WAV, FLAC, OGG, MP3" + (", M4A, WEBM, ..." if shutil.which(
-                                           "ffmpeg") else "") + "), or it is damaged")
         if shutil.which("ffmpeg") is None:
-            raise unreadable from e
+            raise _unreadable(what, name) from e
         try:
-            wave, sr = _decode_with_ffmpeg(path, limit)
+            (wave, sr), channels = _decode_with_ffmpeg(path, limit), 1
         except (ValueError, OSError, subprocess.TimeoutExpired) as e2:
-            raise unreadable from e2
+            raise _unreadable(what, name) from e2
+        _check_samples(wave, what, name)
     if wave.size == 0:
         raise InvalidInputError(f"the {what} file {name} contains no audio")
-    if not np.isfinite(wave).all():
-        raise InvalidInputError(f"the {what} file {name} contains invalid samples (NaN or infinity)")
     seconds = wave.shape[-1] / sr
     if seconds < min_seconds:
         raise InvalidInputError(f"the {what} is only {seconds:.2f} s long; give at least {min_seconds:g} s")
@@ -94,21 +272,25 @@ def load_audio(path: str | Path, what: str, max_seconds: float, min_seconds: flo
         more = "" if seconds < limit else " or more"
         raise InvalidInputError(f"the {what} is {seconds:.1f} s{more} long; it must be shorter than {max_seconds:g} s "
                                 "(the model's window): trim it in the audio box or upload a shorter clip")
-    if np.abs(wave).max() < SILENCE_PEAK:
-        raise InvalidInputError(f"the {what} file {name} is silent (nothing above -60 dBFS): record or upload "
-                                "a clip that can be heard")
-    return wave, sr
+    notices = [_level(wave, what, name)]
+    if stereo and channels > 2:
+        notices.append(f"The {what} has {channels} channels: they were mixed to mono (which channel is left or "
+                       "right is not known reliably beyond stereo).")
+    if sr != MODEL_RATE and wave.size > NATIVE_SAMPLES_MAX:  # the same samples the engine would make, for less
+        wave, sr = _to_model_rate(wave, sr), MODEL_RATE
+    return Upload(wave, sr, " ".join(n for n in notices if n) or None)
 
 
-def load_melody(path: str | Path, max_seconds: float = MELODY_MAX_SECONDS) -> tuple[np.ndarray, int]:
-    """A melody file: its first `max_seconds` (the melody models look no further)."""
+def load_melody(path: str | Path, max_seconds: float = MELODY_MAX_SECONDS) -> Upload:
+    """A melody file: its first `max_seconds` (the melody models look no further), mixed to mono."""
     return load_audio(path, "melody", max_seconds, MELODY_MIN_SECONDS)
 
 
-def load_continuation(path: str | Path) -> tuple[np.ndarray, int]:
+def load_continuation(path: str | Path) -> Upload:
     """The audio a piece continues: shorter than the model's 30 s window, refused (not cut) when longer,
-    since its end is where the music goes on."""
-    return load_audio(path, "audio to continue", CONTINUE_MAX_SECONDS, CONTINUE_MIN_SECONDS, longer="refuse")
+    since its end is where the music goes on. Mono or stereo; more channels are mixed to mono."""
+    return load_audio(path, "audio to continue", CONTINUE_MAX_SECONDS, CONTINUE_MIN_SECONDS, longer="refuse",
+                      stereo=True)
 
 
 # ---------------------------------------------------------------------------------------------------- picture

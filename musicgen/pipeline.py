@@ -16,6 +16,7 @@ from . import lm as lm_mod
 from . import text as text_mod
 from .codec import EnCodec
 from .config import MusicGenConfig
+from .convert import weights_folder
 from .diffusion import MultiBandDiffusion
 from .errors import InvalidInputError
 from .generate import Progress, StepFn, complete_frames, decode_step, iter_steps
@@ -97,7 +98,7 @@ class MusicGen:
         if cfg.melody is not None:  # the text joins the prefix: keep [chroma | text | one window] within positions
             room = cfg.lm.max_positions - cfg.melody.chroma_length - round(WINDOW * cfg.frame_rate) - max(cfg.lm.delays)
             tokenizer.max_tokens = min(tokenizer.max_tokens, room)
-        ckpt = Checkpoint(folder)
+        ckpt = Checkpoint(weights_folder(folder))  # pytorch_model*.bin: its safetensors copy, converted once
         t5 = T5Encoder.from_checkpoint(cfg.text, ckpt, device)
         num_chroma = cfg.melody.num_chroma if cfg.melody is not None else None
         lm = LM.from_checkpoint(cfg.lm, cfg.text.d_model, num_chroma, ckpt, device, dtype, quantize)

@@ -31,35 +31,50 @@ RANDOM_SEED_BITS = 32  # fresh seeds are short enough to read and type
 @dataclass(frozen=True)
 class HubModel:
     """A Hub checkpoint the app can pick, with rough size and memory figures for the UI (approximate:
-    float32 weights on disk and in CPU RAM; float16 language model on a GPU)."""
+    float32 weights on disk and in CPU RAM; float16 language model on a GPU). `converted`: the repo ships
+    pytorch_model*.bin only, turned once into a safetensors copy of the same size next to it in the HF cache."""
 
     repo: str
     params: str
     download_gb: float
     ram_gb: float
     vram_gb: float
+    converted: bool = False
 
     @property
     def hint(self) -> str:
-        return (f"`{self.repo}`: {self.params} parameters, ≈{self.download_gb:g} GB download on first use, "
+        disk = f" (.bin weights, converted once: ≈{2 * self.download_gb:g} GB on disk)" if self.converted else ""
+        return (f"`{self.repo}`: {self.params} parameters, ≈{self.download_gb:g} GB download on first use{disk}, "
                 f"≈{self.ram_gb:g} GB RAM on CPU or ≈{self.vram_gb:g} GB GPU memory")
 
 
-def _variants(size: str, melody: bool, params: str, gb: float, ram: float, vram: float) -> dict:
+#: Repos whose transformers weights are pickles only (no safetensors on main): see musicgen/convert.py.
+PICKLE_ONLY = {"facebook/musicgen-medium", "facebook/musicgen-large"}
+
+
+def _variants(size: str, melody: bool, params: str, gb: tuple[float, float], ram: float, vram: float) -> dict:
+    """The mono and stereo repos of one size; `gb`: their download sizes (mono, stereo)."""
     base = {"small": "musicgen-{}small", "medium": "musicgen-{}medium", "large": "musicgen-{}large"}[size]
     if melody:
         base = "musicgen-{}melody" + ("-large" if size == "large" else "")
-    return {(size, stereo, melody): HubModel("facebook/" + base.format("stereo-" if stereo else ""), params,
-                                               gb, ram, vram) for stereo in (False, True)}
+    repos = {stereo: "facebook/" + base.format("stereo-" if stereo else "") for stereo in (False, True)}
+    return {(size, stereo, melody): HubModel(repo, params, gb[stereo], ram, vram, converted=repo in PICKLE_ONLY)
+            for stereo, repo in repos.items()}
 
 
 #: (size, stereo, melody) -> checkpoint. There is no small melody model: small + melody uses medium.
+#: Download sizes, in GB (1e9 bytes), of what hub.py fetches: the float32 weights file(s) (safetensors, or for
+#: medium / large the pytorch_model*.bin), the rest is < 3 MB. Not read off the Hub (unreachable here): counted
+#: as 4 bytes x every tensor of transformers' model built on the meta device from each config (LM + t5-base
+#: encoder + EnCodec 32 kHz incl. codebook buffers), the tied T5 embedding once, plus the 2048 x width sinusoid
+#: table the 2023 files hold. Checked against the one size known: musicgen-small's model.safetensors, 2.36 GB.
+#: Stereo: 4 more codebook embeddings and heads.
 CHECKPOINTS: dict[tuple[str, bool, bool], HubModel] = {
-    **_variants("small", False, "300M", 2.4, 3.5, 2),
-    **_variants("medium", False, "1.5B", 8.0, 9, 5),
-    **_variants("large", False, "3.3B", 13.8, 15, 8),
-    **_variants("medium", True, "1.5B", 6.2, 7, 4),
-    **_variants("large", True, "3.3B", 10.5, 12, 6.5),
+    **_variants("small", False, "300M", (2.4, 2.4), 3.5, 2),
+    **_variants("medium", False, "1.5B", (8.0, 8.1), 9, 5),
+    **_variants("large", False, "3.3B", (13.7, 13.9), 15, 8),
+    **_variants("medium", True, "1.5B", (6.2, 6.3), 7, 4),
+    **_variants("large", True, "3.3B", (10.5, 10.6), 12, 6.5),
 }
 ALL_REPOS = sorted({c.repo for c in CHECKPOINTS.values()})
 MBD_REPO = "facebook/multiband-diffusion"  # the diffusion decoder's weights (musicgen.mbd_checkpoint.REPO_ID)

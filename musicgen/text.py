@@ -1,10 +1,13 @@
 """Text conditioning: the T5 encoder and its tokenizer (tokenizer.json through `tokenizers`).
 
-Checkpoint keys live under `text_encoder.` in T5EncoderModel's naming.
+Checkpoint keys live under `text_encoder.` in T5EncoderModel's naming. A checkpoint without tokenizer.json
+uses the tokenizer of the text encoder its config.json names (`text_encoder._name_or_path`, "t5-base" in
+the official repos), fetched from the Hub into the HF cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
@@ -15,23 +18,50 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
+from . import hub
 from .config import T5Config
-from .errors import CheckpointError
-from .weights import Cat, Checkpoint, Source, embedding, load_module
+from .errors import CheckpointError, DownloadError
+from .weights import Cat, Checkpoint, First, Source, embedding, load_module
 
 MAX_TOKENS = 512  # t5-base's model_max_length (tokenizer_config.json); longer prompts are truncated
 PREFIX = "text_encoder."
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def tokenizer_folder(folder: Path) -> Path:
+    """`folder` when it holds tokenizer.json, else the folder (local, or in the HF cache) holding the tokenizer
+    of the text encoder its config.json names."""
+    if (folder / TOKENIZER_FILE).is_file():
+        return folder
+    name = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        name = json.loads((folder / "config.json").read_text())["text_encoder"]["_name_or_path"]
+    if not isinstance(name, str) or not name.strip():
+        raise CheckpointError(f"{folder} has no {TOKENIZER_FILE} and its config.json does not name its text encoder "
+                              f"(text_encoder._name_or_path): copy the T5 tokenizer.json (t5-base's) into {folder}")
+    if (Path(name).expanduser() / TOKENIZER_FILE).is_file():
+        return Path(name).expanduser()
+    try:
+        path = hub.download_file(name, TOKENIZER_FILE)
+        with contextlib.suppress(DownloadError):  # optional: the pad token and length limit have defaults
+            hub.download_file(name, "tokenizer_config.json")
+    except DownloadError as e:
+        in_cache = folder.parent.name == "snapshots"  # an HF cache snapshot: not a folder to edit by hand
+        hint = "" if in_cache else f". Alternatively copy {name}'s {TOKENIZER_FILE} into {folder}"
+        raise DownloadError(f"{folder} has no {TOKENIZER_FILE}, so the tokenizer of its text encoder {name!r} is "
+                            f"needed: {e}{hint}") from e
+    return path.parent
 
 
 class TextTokenizer:
     """Batch tokenization with padding and the 512-token cap."""
 
     def __init__(self, path: str | Path, max_tokens: int = MAX_TOKENS) -> None:
-        path = Path(path)
+        path = tokenizer_folder(Path(path))
         try:
-            self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+            self.tok = Tokenizer.from_file(str(path / TOKENIZER_FILE))
         except Exception as e:
-            raise CheckpointError(f"cannot load the tokenizer {path / 'tokenizer.json'}: {e}") from e
+            raise CheckpointError(f"cannot load the tokenizer {path / TOKENIZER_FILE}: {e}") from e
         pad_token = "<pad>"
         cfg_path = path / "tokenizer_config.json"
         if cfg_path.is_file():
@@ -145,8 +175,8 @@ class T5Encoder(nn.Module):
     def source_of(self, name: str) -> Source:
         """Our parameter name -> checkpoint key(s) (T5EncoderModel naming)."""
         p = PREFIX
-        if name == "embed.weight":
-            return p + "shared.weight"
+        if name == "embed.weight":  # tied: some files keep only one of the two names
+            return First((p + "shared.weight", p + "encoder.embed_tokens.weight"))
         if name == "rel_bias.weight":
             return p + "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
         if name == "norm.weight":
@@ -173,5 +203,6 @@ class T5Encoder(nn.Module):
 
 
 def is_ignored(key: str) -> bool:
-    """T5 keys we do not need: the input embedding tied to `shared`, when a file stores it separately."""
+    """T5 keys we do not need: the input embedding tied to `shared`, when a file stores both names (when it
+    stores only `encoder.embed_tokens.weight`, that one is read)."""
     return key == PREFIX + "encoder.embed_tokens.weight"

@@ -55,7 +55,14 @@ class Cat:
     dim: int = 0
 
 
-Source = str | WeightNorm | Cat
+@dataclass(frozen=True)
+class First:
+    """The first of `keys` the checkpoint holds (e.g. a tied weight stored under either of its names)."""
+
+    keys: tuple[str, ...]
+
+
+Source = str | WeightNorm | Cat | First
 
 
 class Checkpoint:
@@ -74,8 +81,8 @@ class Checkpoint:
             files = [SINGLE_FILE]
         else:
             raise CheckpointError(
-                f"no safetensors weights in {folder} (expected {SINGLE_FILE} or {INDEX_FILE}); "
-                "pickle weights (*.bin, *.pt) are never loaded for safety"
+                f"no safetensors weights in {folder} (expected {SINGLE_FILE} or {INDEX_FILE}); pickle weights are "
+                "never opened here: musicgen.convert.weights_folder converts transformers' pytorch_model*.bin first"
             )
         self.folder = folder
         self._maps: dict[str, mmap.mmap] = {}
@@ -140,6 +147,11 @@ class Checkpoint:
             return self.tensor(source)
         if isinstance(source, Cat):
             return torch.cat([self.tensor(k) for k in source.keys], dim=source.dim)
+        if isinstance(source, First):
+            key = next((k for k in source.keys if k in self), None)
+            if key is None:
+                raise CheckpointError(f"checkpoint in {self.folder} is missing tensor {' / '.join(source.keys)}")
+            return self.tensor(key)
         p = source.prefix
         pw = f"{p}.parametrizations.weight"
         for g_key, v_key in ((f"{p}.weight_g", f"{p}.weight_v"), (f"{pw}.original0", f"{pw}.original1")):

@@ -13,6 +13,11 @@ Two on-disk layouts are produced:
   ``text_encoder.encoder.embed_tokens.weight`` present as a copy of ``text_encoder.shared.weight``, optionally
   sharded with a ``model.safetensors.index.json``, plus a decoy ``pytorch_model.bin`` that a correct loader
   must never open.
+* ``"bin"``: the pickle-only repos (facebook/musicgen-medium, -large): the same tensors as ``"hub"`` written the
+  way transformers 4's ``save_pretrained(safe_serialization=False)`` did, as one ``pytorch_model.bin`` or (with
+  ``max_shard_size``) ``pytorch_model-0000N-of-0000M.bin`` shards + ``pytorch_model.bin.index.json``, with the
+  tied T5 embedding stored once under both names, and no safetensors; plus audiocraft's ``state_dict.bin`` and
+  ``compression_state_dict.bin`` as decoys.
 
 Weights are re-initialised at a scale where the text conditioning visibly changes the decoder logits and
 where different audio codes decode to different audio (transformers' default init leaves the EnCodec codebooks
@@ -30,6 +35,7 @@ import string
 from pathlib import Path
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import Unigram
@@ -55,6 +61,7 @@ __all__ = [
     "build_model",
     "build_real_size",
     "build_tokenizer",
+    "bin_state_dict",
     "generation_config_dict",
     "hub_state_dict",
     "nmt_nfkc_charsmap",
@@ -63,7 +70,7 @@ __all__ = [
     "tiny_config",
 ]
 
-LAYOUTS = ("current", "hub")
+LAYOUTS = ("current", "hub", "bin")
 
 #: Size the Unigram trainer is asked for; the trained tokenizer has exactly this many entries.
 TOKENIZER_VOCAB_SIZE = 300
@@ -681,6 +688,41 @@ def _save_hub_weights(tensors: dict[str, torch.Tensor], folder: Path, shards: in
     _write_json(folder / "model.safetensors.index.json", index)
 
 
+def bin_state_dict(model: MusicgenForConditionalGeneration) -> dict[str, torch.Tensor]:
+    """What transformers 4.31 passed to ``torch.save``: the hub-layout tensors, with the tied T5 input embedding
+    under both names as one tensor (its storage is pickled once and both names load as views of it)."""
+    tensors = hub_state_dict(model, "shared")
+    tensors["text_encoder.encoder.embed_tokens.weight"] = tensors["text_encoder.shared.weight"]
+    return dict(sorted(tensors.items()))
+
+
+def _save_bin_weights(tensors: dict[str, torch.Tensor], folder: Path, max_shard_size: int | None) -> None:
+    """transformers 4's ``save_pretrained(safe_serialization=False)``, re-done here by hand because no installed
+    writer produces it: transformers 5 only writes safetensors (its save_pretrained lost ``safe_serialization``).
+    Same steps as transformers 4.38+: the shard plan of huggingface_hub's ``split_torch_state_dict_into_shards``
+    with ``filename_pattern="pytorch_model{suffix}.bin"`` (tensors sharing storage stay in one shard), one
+    ``torch.save`` per shard, and when sharded ``pytorch_model.bin.index.json`` =
+    ``{"metadata": {"total_size": ...}, "weight_map": {...}}`` dumped with ``indent=2, sort_keys=True``. (4.31,
+    which saved the Hub files, had its own ``shard_checkpoint`` with the same names, index and 10GB default.)"""
+    split = split_torch_state_dict_into_shards(
+        tensors, filename_pattern="pytorch_model{suffix}.bin", max_shard_size=max_shard_size or "10GB"
+    )
+    for name, keys in split.filename_to_tensors.items():
+        torch.save({key: tensors[key] for key in keys}, folder / name)
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _save_audiocraft_decoys(folder: Path) -> None:
+    """audiocraft's own exports, which every facebook/musicgen-* repo also carries (``{'best_state', 'xp.cfg',
+    'version', 'exported'}``, cfg as YAML text): a correct loader never downloads nor opens them."""
+    for name, key in (("state_dict.bin", "emb.0.weight"), ("compression_state_dict.bin", "quantizer.vq.embed")):
+        pkg = {"best_state": {key: torch.zeros(4, 4)}, "xp.cfg": "solver: musicgen\n", "version": "1.0.0",
+               "exported": True}
+        torch.save(pkg, folder / name)
+
+
 def _hub_config_dict(model: MusicgenForConditionalGeneration) -> dict:
     """config.json as 4.31 wrote it: ``torch_dtype`` instead of ``dtype``, old transformers_version."""
     config = copy.deepcopy(model.config.to_diff_dict())
@@ -700,25 +742,31 @@ def save_checkpoint(
     shards: int = 3,
     tokenizer: bool = True,
     t5_embedding: str = "both",
+    max_shard_size: int | None = None,
 ) -> Path:
-    """Save ``model`` into ``folder`` in the ``"current"`` or ``"hub"`` layout (see module docstring).
+    """Save ``model`` into ``folder`` in the ``"current"``, ``"hub"`` or ``"bin"`` layout (see module docstring).
 
     Hub-layout options: ``shards`` (1 = a single model.safetensors, no index) and ``t5_embedding`` (see
-    :func:`hub_state_dict`). The tokenizer files are written by :func:`build_tokenizer` unless ``tokenizer``
-    is False.
+    :func:`hub_state_dict`). Bin layout: ``max_shard_size`` in bytes (None: a single pytorch_model.bin). The
+    tokenizer files are written by :func:`build_tokenizer` unless ``tokenizer`` is False.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if layout == "current":
-        model.save_pretrained(folder, safe_serialization=True)  # also writes generation_config.json
-    else:
+        model.save_pretrained(folder)  # safetensors (transformers 5 writes nothing else); + generation_config.json
+    elif layout == "hub":
         _save_hub_weights(hub_state_dict(model, t5_embedding), folder, shards)
         _write_json(folder / "config.json", _hub_config_dict(model))
         _write_json(folder / "generation_config.json", generation_config_dict())
         # Decoy: the Hub repos also ship pickles; a correct loader must never open them.
         torch.save({}, folder / "pytorch_model.bin")
+    if layout == "bin":
+        _save_bin_weights(bin_state_dict(model), folder, max_shard_size)
+        _write_json(folder / "config.json", _hub_config_dict(model))
+        _write_json(folder / "generation_config.json", generation_config_dict())
+        _save_audiocraft_decoys(folder)
     if tokenizer:
         build_tokenizer(folder)
     return folder
@@ -734,7 +782,8 @@ def build_checkpoint(
 
 @torch.no_grad()
 def build_real_size(folder: Path, layout: str = "hub", seed: int = 0, t5_embedding: str = "shared") -> Path:
-    """Random-weight model with facebook/musicgen-small's exact config, saved in ``layout``.
+    """Random-weight model with facebook/musicgen-small's exact config, saved in ``layout`` (``"bin"``: one
+    2.364 GB pytorch_model.bin, the layout of facebook/musicgen-medium at small's size).
 
     Weights keep transformers' default init except the EnCodec codebooks (N(0, 1)). The hub layout is a
     single model.safetensors, as on the Hub; with the default ``t5_embedding="shared"`` it is 2.364 GB, in

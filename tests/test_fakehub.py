@@ -209,3 +209,14 @@ def test_resolve_headers_and_ranges(repo: Path, hub: FakeHub) -> None:
         status, headers, body = _open(hub.endpoint + path)
         assert (status, headers["X-Error-Code"]) == (404, code), path
         assert "error" in json.loads(body)
+
+
+def test_repo_id_without_namespace(tmp_path: Path, repo: Path) -> None:
+    """Legacy ids such as "t5-base" (the text encoder named in MusicGen configs) are served too."""
+    with FakeHub({"t5-base": repo}) as hub:
+        out = run_hub(hub_env(hub.endpoint, tmp_path / "hf_home"), "hf_hub_download", repo_id="t5-base",
+                      filename="tokenizer.json")
+        assert hub.requested_files("t5-base") == ["tokenizer.json"]
+    path = Path(out["result"])
+    assert path.read_bytes() == (repo / "tokenizer.json").read_bytes()
+    assert path.parent.parent.parent.name == "models--t5-base"

@@ -19,7 +19,9 @@ import logging
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ EXAMPLES = [
     "upbeat funk groove with slap bass and tight horn stabs, 110 bpm",
     "ambient drone with evolving pads and distant bells",
 ]
+PROGRESS_EVERY = 0.25  # seconds between progress updates to a client (also how soon a cancel is noticed)
 CSS = """
 #generate-row button { min-height: 3rem; }
 .mg-status { font-size: var(--text-md); padding: 4px 2px; }
@@ -47,6 +50,14 @@ CSS = """
 @keyframes mg-slide { from { margin-left: -30%; } to { margin-left: 100%; } }
 .mg-error, .mg-error * { color: #dc2626 !important; }
 """
+
+
+def as_sent(component: gr.components.Component) -> None:
+    """The value reaches the handler exactly as the client sent it: studio.parse_request checks every field
+    with a message a person can act on, where Gradio's own conversion would silently round a seed of 1.5, turn
+    a list into its string form, or fail on "abc" with an opaque error. (On the instance: a subclass of a
+    Gradio component makes Gradio write a .pyi stub next to this file.)"""
+    component.preprocess = lambda payload: payload  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -95,11 +106,14 @@ class Studio:
         yield from session.run(self.cache.get(repo), req, melody, continuation=continuation, stream=stream)
 
     def output_path(self, seed: int, tag: str = "") -> Path:
+        """A new file name for one result: unique per request (two visitors with the same seed in the same
+        second must never share a file), keeping the seed in the name for the person who downloads it."""
         cutoff = time.time() - 3600  # keep an hour of results on disk
         for old in self.out_dir.glob("*.wav"):
-            if old.stat().st_mtime < cutoff:
-                old.unlink(missing_ok=True)
-        return self.out_dir / f"musicgen-{seed}-{time.strftime('%H%M%S')}{tag}.wav"
+            with contextlib.suppress(FileNotFoundError):  # another request's cleanup got there first
+                if old.stat().st_mtime < cutoff:
+                    old.unlink(missing_ok=True)
+        return self.out_dir / f"musicgen-{seed}{tag}-{uuid.uuid4().hex[:12]}.wav"
 
 
 def _zero_gpu(fn: Callable) -> Callable:
@@ -130,16 +144,23 @@ def user_errors(st: Studio) -> Iterator[None]:
         raise gr.Error(msg[:1].upper() + msg[1:], title="Cannot generate", print_exception=False) from e
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and not _is_oom_message(str(e)):
-            log.exception("generation failed")
-            raise gr.Error(f"Generation failed ({type(e).__name__}: {e}). Please try again.") from e
+            raise _internal_error(e) from e
         log.warning("out of memory: %s", e)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise gr.Error(studio.describe_oom(st.cache.device), title="Out of memory", print_exception=False) from e
     except Exception as e:
-        log.exception("generation failed")
-        raise gr.Error(f"Generation failed ({type(e).__name__}: {e}). Please try again.") from e
+        raise _internal_error(e) from e
+
+
+def _internal_error(e: BaseException) -> gr.Error:
+    """A failure that is ours, not the visitor's: the details (which may name files and internals) go to the
+    server log under a short id; the visitor gets the id to quote."""
+    error_id = uuid.uuid4().hex[:8]
+    log.error("generation failed [error %s]", error_id, exc_info=e)
+    return gr.Error(f"Generation failed on the server (error id {error_id}). Please try again; if it keeps "
+                    "failing, report the error id.", title="Generation failed", print_exception=False)
 
 
 def _is_oom_message(msg: str) -> bool:
@@ -234,24 +255,27 @@ def build_demo(st: Studio) -> gr.Blocks:
                                    elem_id="picture")
                 info = gr.Markdown(elem_id="info")
         last_seed = gr.State(None)
+        run_id = gr.State(None)  # the Stop button's handle on this visitor's run (server-side state)
         inputs = [prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef, seed,
                   continue_audio]
+        for component in (prompt, duration, top_k, top_p, temperature, cfg_coef, seed):
+            as_sent(component)
 
         def studio_ui(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef,
-                      seed, continue_audio, request: gr.Request):
+                      seed, continue_audio, run):
             """The page's Generate: status bar, live chunks, then the result, picture and summary."""
-            session_id, started = request.session_hash or "", time.monotonic()
+            started = time.monotonic()
             try:
                 with user_errors(st):
-                    yield from _studio_run(session_id, started, prompt, duration, model_size, stereo, decoder,
+                    yield from _studio_run(run, started, prompt, duration, model_size, stereo, decoder,
                                            melody, top_k, top_p, temperature, cfg_coef, seed, continue_audio)
             except gr.Error as e:  # the toast goes away; the status line keeps the reason
                 yield {status: status_html(f"{e.title}: {e.message}", 0.0, error=True)}
                 raise
             finally:
-                st.stops.disarm(session_id)
+                st.stops.disarm(run)
 
-        def _studio_run(session_id: str, started: float, *args) -> Iterator[dict]:
+        def _studio_run(run: str, started: float, *args) -> Iterator[dict]:
             job = st.job(*args)
             if job.notice:
                 gr.Info(job.notice)
@@ -264,19 +288,19 @@ def build_demo(st: Studio) -> gr.Blocks:
             yield clear | {live: None, status: status_html(f"Generating with {job.ckpt.repo}…", 0.0)}
             shown, res = 0.0, None
             events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, st.stream)
-            for event in events:
-                if st.stops.requested(session_id):
-                    getattr(events, "close", lambda: None)()  # stops the engine's worker at its next step
-                    yield {status: status_html("Stopped", 0.0)}
-                    return
-                if isinstance(event, session.Chunk):
-                    yield {live: media.wav_bytes(event.audio, event.sample_rate)}
-                elif isinstance(event, session.Progress):
-                    if time.monotonic() - shown > 0.25:
-                        shown = time.monotonic()
-                        yield {status: progress_status(event, job.req.duration, started)}
-                else:
-                    res = event
+            with closing(events):  # Stop, a cancel or a closed tab ends this generator: the engine stops too
+                for event in events:
+                    if st.stops.requested(run):
+                        yield {status: status_html("Stopped", 0.0)}
+                        return
+                    if isinstance(event, session.Chunk):
+                        yield {live: media.wav_bytes(event.audio, event.sample_rate)}
+                    elif isinstance(event, session.Progress):
+                        if time.monotonic() - shown > PROGRESS_EVERY:
+                            shown = time.monotonic()
+                            yield {status: progress_status(event, job.req.duration, started)}
+                    else:
+                        res = event
             assert res is not None
             tag = "-mbd" if res.encodec is not None else ""
             final = media.write_wav(st.output_path(res.seed, tag), res.audio, res.sample_rate)
@@ -293,7 +317,7 @@ def build_demo(st: Studio) -> gr.Blocks:
                      stereo: bool = False, decoder: str = "encodec", melody: str | None = None, top_k: int = 250,
                      top_p: float = 0.0, temperature: float = 1.0, cfg_coef: float = 3.0, seed: int = -1,
                      continue_audio: str | None = None,
-                     progress=gr.Progress()) -> str:  # noqa: B008 (how Gradio injects a progress tracker)
+                     progress=gr.Progress()) -> Iterator:  # noqa: B008 (how Gradio injects a progress tracker)
             """Generate music from a text prompt; returns the WAV file (from the chosen decoder).
             seed -1 draws a random one; melody (an audio file) picks a melody checkpoint; continue_audio (an
             audio file shorter than 30 s) starts the piece with that clip and goes on from it (the duration
@@ -302,25 +326,38 @@ def build_demo(st: Studio) -> gr.Blocks:
                 job = st.job(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature,
                              cfg_coef, seed, continue_audio)
                 st.model(job, on_load=lambda repo: progress((0, None), desc=f"Loading {repo}…"))
-                for event in st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, False):
-                    if isinstance(event, session.Progress):
-                        unit = "frames" if event.stage == "frames" else "diffusion steps"
-                        progress((event.done, event.total), desc="Generating", unit=unit)
-                    elif isinstance(event, session.Result):
-                        return str(media.write_wav(st.output_path(event.seed), event.audio, event.sample_rate))
+                # a generator, so that a cancelled job or a lost client closes it (Gradio closes a generator
+                # handler's iterator at its next yield; it can only once the first yield registered it): the
+                # engine then stops at its next step
+                yield gr.skip()
+                events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, False)
+                shown = time.monotonic()
+                with closing(events):
+                    for event in events:
+                        if isinstance(event, session.Progress):
+                            unit = "frames" if event.stage == "frames" else "diffusion steps"
+                            progress((event.done, event.total), desc="Generating", unit=unit)
+                            if time.monotonic() - shown > PROGRESS_EVERY:
+                                shown = time.monotonic()
+                                yield gr.skip()
+                        elif isinstance(event, session.Result):
+                            yield str(media.write_wav(st.output_path(event.seed), event.audio, event.sample_rate))
+                            return
             raise gr.Error("Generation ended without audio")
 
-        def arm(request: gr.Request) -> str:
-            st.stops.arm(request.session_hash or "")
-            return status_html("Waiting for the model…")  # until the run starts (others may be ahead in the queue)
+        def arm(request: gr.Request) -> tuple[str, str]:
+            """Generate was pressed: a new run Stop can reach, even while it still waits in the queue."""
+            return status_html("Waiting for the model…"), st.stops.arm(request.session_hash or "")
 
         def stop(request: gr.Request) -> None:
             st.stops.request(request.session_hash or "")
 
         triggers = [generate_btn.click, prompt.submit]
-        gr.on(triggers, arm, inputs=None, outputs=status, queue=False, api_visibility="private", show_progress="hidden")
-        gr.on(triggers, studio_ui, inputs=inputs, outputs=[status, live, result, result_mbd, picture, info, last_seed],
-              show_progress="hidden", api_visibility="private", concurrency_id="musicgen", concurrency_limit=1)
+        armed = gr.on(triggers, arm, inputs=None, outputs=[status, run_id], queue=False, api_visibility="private",
+                      show_progress="hidden")
+        armed.then(studio_ui, inputs=[*inputs, run_id],
+                   outputs=[status, live, result, result_mbd, picture, info, last_seed], show_progress="hidden",
+                   api_visibility="private", concurrency_id="musicgen", concurrency_limit=1)
         # Stop is cooperative (the run ends itself at its next step): Gradio's `cancels` raced with the
         # streamed outputs in 6.31 and could leave the page believing the run was still going
         stop_btn.click(stop, inputs=None, outputs=None, queue=False, api_visibility="private", show_progress="hidden")
@@ -353,9 +390,10 @@ def serve(st: Studio, *, share: bool = False, server_name: str | None = None, po
     """Build the page, queue it (one generation at a time, at most `max_queue` waiting) and start serving;
     returns (demo, local URL)."""
     demo = build_demo(st)
-    demo.queue(max_size=max_queue, default_concurrency_limit=1)
+    # api_open=False: every route goes through the queue and its limits (the REST route /run/... would not)
+    demo.queue(max_size=max_queue, default_concurrency_limit=1, api_open=False)
     _, url, _ = demo.launch(share=share, server_name=server_name, server_port=port, css=CSS, quiet=quiet,
-                            theme=gr.themes.Default(primary_hue="orange"), max_file_size="50mb",
+                            theme=gr.themes.Default(primary_hue="orange"), max_file_size="50mb", show_error=True,
                             prevent_thread_lock=prevent_thread_lock)
     return demo, url
 

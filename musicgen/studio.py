@@ -12,6 +12,9 @@ import inspect
 import math
 import secrets
 import threading
+import time
+import unicodedata
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -159,10 +162,15 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
                   melody: object, top_k: object, top_p: object, temperature: object, cfg_coef: object,
                   seed: object, continue_audio: object = None, *, features: EngineFeatures) -> Request:
     """Check every field of a request before any model is loaded; errors say what to change."""
-    if not isinstance(prompt, str) or not prompt.strip():
+    if prompt is None:
+        prompt = ""
+    if not isinstance(prompt, str):
+        raise InvalidInputError(f"the prompt must be text, got {type(prompt).__name__} {str(prompt)[:40]!r}")
+    # control and format characters (NUL, ESC, zero-width, ...) carry no words: a prompt of only those is empty
+    prompt = " ".join("".join(c for c in prompt if c.isspace() or unicodedata.category(c)[0] != "C").split())
+    if not prompt:
         raise InvalidInputError("the prompt is empty: describe the music you want, e.g. \"lofi hip hop beat with "
                                 "mellow piano\"")
-    prompt = " ".join(prompt.split())
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidInputError(f"the prompt is {len(prompt)} characters long; keep it under {MAX_PROMPT_CHARS} "
                                 "(the text encoder reads at most 512 tokens)")
@@ -271,31 +279,38 @@ class ModelCache:
 
 
 class StopRequests:
-    """Cooperative Stop per browser session: the page's Stop marks the session's armed run, which ends
-    itself at its next check (it closes the engine's generator and reports "Stopped"). Armed when
-    Generate is clicked, so a Stop while the run still waits in the queue counts too; a Stop with
-    nothing armed is ignored."""
+    """Cooperative Stop, per run. Generate arms a new run (before it queues, so a Stop while it still waits
+    counts too); the page's Stop marks every run its browser session has armed and not finished; each run
+    checks its own mark at every step and ends itself (closing the engine's generator). A new run never
+    clears another run's pending stop, and a finished run's disarm removes only itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_age: float = 24 * 3600) -> None:
         self._lock = threading.Lock()
-        self._armed: dict[str, bool] = {}  # session -> stop requested
+        self._runs: dict[str, tuple[str, bool, float]] = {}  # run id -> (session, stop requested, armed at)
+        self.max_age = max_age  # runs armed but never started (a full queue refused them) are forgotten then
 
-    def arm(self, session: str) -> None:
+    def arm(self, session: str) -> str:
+        """A new run of `session`; returns its id."""
+        run, now = uuid.uuid4().hex, time.monotonic()
         with self._lock:
-            self._armed[session] = False
+            for old in [r for r, (_, _, t) in self._runs.items() if now - t > self.max_age]:
+                del self._runs[old]
+            self._runs[run] = (session, False, now)
+        return run
 
     def request(self, session: str) -> bool:
-        """-> whether a run was there to stop."""
+        """Stop every armed run of `session`; -> whether there was one."""
         with self._lock:
-            if session not in self._armed:
-                return False
-            self._armed[session] = True
-            return True
+            mine = [r for r, (s, _, _) in self._runs.items() if s == session]
+            for r in mine:
+                s, _, t = self._runs[r]
+                self._runs[r] = (s, True, t)
+        return bool(mine)
 
-    def requested(self, session: str) -> bool:
+    def requested(self, run: str | None) -> bool:
         with self._lock:
-            return self._armed.get(session, False)
+            return run in self._runs and self._runs[run][1]
 
-    def disarm(self, session: str) -> None:
+    def disarm(self, run: str | None) -> None:
         with self._lock:
-            self._armed.pop(session, None)
+            self._runs.pop(run, None)

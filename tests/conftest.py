@@ -74,3 +74,13 @@ def transformers_tokens(ref, ids: torch.Tensor, mask: torch.Tensor, frames: int,
     codes = torch.empty(left.shape[0], 2 * left.shape[1], left.shape[2], dtype=left.dtype)
     codes[:, 0::2], codes[:, 1::2] = left, right
     return codes
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """The web app serving tiny models offline (started once per test session; see studio_server.py)."""
+    from studio_server import get_server
+
+    srv = get_server(tmp_path_factory, request)
+    with srv.offline():
+        yield srv

@@ -276,13 +276,28 @@ def test_space_sdk_version_is_the_pinned_gradio() -> None:
 def test_stop_requests_only_reach_an_armed_run() -> None:
     stops = studio.StopRequests()
     assert not stops.request("a")  # nothing armed: ignored, and the next run is not affected
-    stops.arm("a")
-    assert not stops.requested("a")
-    assert stops.request("a") and stops.requested("a") and not stops.requested("b")
-    stops.disarm("a")
-    assert not stops.requested("a")
-    stops.arm("a")  # a new run starts clean
-    assert not stops.requested("a")
+    run = stops.arm("a")
+    assert not stops.requested(run)
+    other = stops.arm("b")
+    assert stops.request("a") and stops.requested(run) and not stops.requested(other)
+    stops.disarm(run)
+    assert not stops.requested(run)
+    assert not stops.requested(stops.arm("a"))  # a new run starts clean
+    assert not stops.requested(None)
+
+
+def test_stop_is_per_run() -> None:
+    """Two runs in one session: the first one's disarm keeps the second armed, and a new arm does not clear
+    a pending stop (both raced when the flag was per session)."""
+    stops = studio.StopRequests()
+    first, second = stops.arm("s"), stops.arm("s")
+    stops.disarm(first)  # the first run ends
+    assert stops.request("s") and stops.requested(second)
+    third = stops.arm("s")  # Generate again before the second run noticed its Stop
+    assert stops.requested(second) and not stops.requested(third)
+    stops.max_age = 0.0
+    stops.arm("t")  # long-forgotten runs are dropped
+    assert not stops.requested(second)
 
 
 def test_app_quantizes_by_default_on_cpu() -> None:

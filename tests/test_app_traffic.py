@@ -1,0 +1,170 @@
+"""The web app under concurrent traffic from strangers: nobody receives another's music, the queue's limits
+hold on every route, and a cancelled job stops the engine.
+
+The server runs in this process (studio_server.py), so the tests can watch the engine itself: how many
+generations run at once (MusicGen.stream is wrapped) and when a cancelled one stops.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from gradio_client import Client
+from gradio_client.utils import Status
+from studio_server import Server
+
+from musicgen import MusicGen
+
+PROMPTS = ["lofi hip hop beat", "epic orchestral trailer", "acoustic folk ballad", "80s synthwave"]
+FIELDS = ["prompt", "duration", "model_size", "stereo", "decoder", "melody", "top_k", "top_p", "temperature",
+          "cfg_coef", "seed", "continue_audio"]
+
+
+class EngineWatch:
+    """Counts generations running in the engine right now, and the most that ever ran at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = self.peak = self.steps = 0
+
+    def wrap(self, stream):
+        watch = self
+
+        def counted(mg: MusicGen, *args, **kwargs) -> Iterator:
+            with watch.lock:
+                watch.active += 1
+                watch.peak = max(watch.peak, watch.active)
+            try:
+                for item in stream(mg, *args, **kwargs):
+                    watch.steps += 1
+                    yield item
+            finally:
+                with watch.lock:
+                    watch.active -= 1
+
+        return counted
+
+    def wait(self, until, timeout: float) -> float:
+        """Seconds until `until(self)` held (asserted within `timeout`)."""
+        start = time.monotonic()
+        while not until(self):
+            assert time.monotonic() - start < timeout, "timed out waiting for the engine"
+            time.sleep(0.01)
+        return time.monotonic() - start
+
+
+@pytest.fixture
+def watch(monkeypatch: pytest.MonkeyPatch) -> EngineWatch:
+    w = EngineWatch()
+    monkeypatch.setattr(MusicGen, "stream", w.wrap(MusicGen.stream))
+    return w
+
+
+def read(path: str) -> np.ndarray:
+    return sf.read(path, dtype="float32", always_2d=True)[0]
+
+
+def alone(server: Server, prompt: str) -> np.ndarray:
+    return read(Client(server.url, verbose=False).predict(prompt=prompt, duration=1, seed=42, api_name="/generate"))
+
+
+def in_parallel(fn, items: list) -> list:
+    out: list = [None] * len(items)
+
+    def run(i: int) -> None:
+        try:
+            out[i] = fn(items[i])
+        except Exception as e:  # reported by the assertion below
+            out[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(items))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return out
+
+
+def test_concurrent_same_seed_clients_each_get_their_own_music(server: Server, watch: EngineWatch) -> None:
+    """Four visitors, same seed, same second, different prompts: each gets exactly what it gets alone,
+    and the engine ran one generation at a time."""
+    expected = {p: alone(server, p) for p in PROMPTS}
+    assert all(not np.array_equal(expected[a], expected[b]) for a in PROMPTS for b in PROMPTS if a != b)
+    watch.peak = 0
+    got = in_parallel(lambda p: read(Client(server.url, verbose=False).predict(
+        prompt=p, duration=1, seed=42, api_name="/generate")), PROMPTS)
+    for prompt, audio in zip(PROMPTS, got):
+        assert isinstance(audio, np.ndarray), audio
+        assert np.array_equal(audio, expected[prompt]), f"{prompt!r} got another request's audio"
+    assert watch.peak == 1
+
+
+def call_route(url: str, prompt: str) -> np.ndarray:
+    """Gradio's queued REST route: POST /call/generate, then read the event stream for the result."""
+    data = [prompt, 1, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 42, None]
+    with httpx.Client(timeout=120) as http:
+        event = http.post(f"{url}gradio_api/call/generate", json={"data": data}).raise_for_status().json()
+        text = http.get(f"{url}gradio_api/call/generate/{event['event_id']}").raise_for_status().text
+        lines = text.splitlines()
+        done = lines.index("event: complete")
+        result = json.loads(lines[done + 1].removeprefix("data: "))[0]
+        wav = http.get(result["url"]).raise_for_status().content
+    path = f"/tmp/musicgen-call-{threading.get_ident()}.wav"
+    with open(path, "wb") as f:
+        f.write(wav)
+    return read(path)
+
+
+def test_raw_http_routes_are_queued_and_never_mixed(server: Server, watch: EngineWatch) -> None:
+    """The direct route (/run/...) would skip the queue and its limits: it is closed. The queued REST route
+    keeps each request's audio apart and one generation at a time."""
+    data = {"data": ["jazz trio", 1, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 42, None]}
+    direct = httpx.post(f"{server.url}gradio_api/run/generate", json=data, timeout=60)
+    assert direct.status_code == 404 and "join the queue" in direct.text
+    assert watch.steps == 0
+    expected = {p: alone(server, p) for p in PROMPTS[:3]}
+    watch.peak = 0
+    got = in_parallel(lambda p: call_route(server.url, p), PROMPTS[:3])
+    for prompt, audio in zip(PROMPTS[:3], got):
+        assert isinstance(audio, np.ndarray), audio
+        assert np.array_equal(audio, expected[prompt])
+    assert watch.peak == 1
+
+
+def test_result_files_are_unique_per_request(server: Server) -> None:
+    paths = {server.studio.output_path(42) for _ in range(100)}
+    assert len(paths) == 100 and all("musicgen-42-" in p.name for p in paths)
+
+
+def test_a_cancelled_job_stops_the_engine(server: Server, watch: EngineWatch) -> None:
+    """Job.cancel() on a long generation: the engine stops within a second or two, and the next visitor's
+    request is as fast as before."""
+    client = Client(server.url, verbose=False)
+    start = time.monotonic()
+    client.predict(prompt="jazz trio", duration=2, seed=1, api_name="/generate")
+    before = time.monotonic() - start
+    job = Client(server.url, verbose=False).submit(prompt="ambient drone", duration=120, seed=1,
+                                                   api_name="/generate")
+    watch.wait(lambda w: w.active == 1 and w.steps > 50, timeout=60)
+    deadline = time.monotonic() + 30  # the client learns its job's id with the first progress message
+    while job.status().code != Status.PROGRESS and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert watch.active == 1
+    job.cancel()
+    stopped = watch.wait(lambda w: w.active == 0, timeout=10)
+    steps = watch.steps
+    time.sleep(0.5)
+    assert watch.steps == steps < 1000  # no step after it stopped, far from the 6000 frames asked for
+    assert stopped < 2.0, f"the engine ran on for {stopped:.1f} s after the cancel"
+    start = time.monotonic()
+    audio = read(client.predict(prompt="jazz trio", duration=2, seed=1, api_name="/generate"))
+    after = time.monotonic() - start
+    assert audio.shape == (64000, 1)
+    assert after < 2 * before + 1.0, f"the next request took {after:.1f} s (before the cancel: {before:.1f} s)"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,8 @@ def _set_statistics(processor: torch.nn.Module, g: torch.Generator) -> None:
 def audiocraft_band(cfg: Any, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     """One band's (DiffusionUnet, processor) as audiocraft's builders make them from `cfg`, random weights."""
     if not audiocraft_oracle.available():
+        if os.environ.get("CI"):  # CI's setup unpacks the oracle: its absence there is a broken setup, not a skip
+            pytest.fail(audiocraft_oracle.SKIP_REASON)
         pytest.skip(audiocraft_oracle.SKIP_REASON)
     builders = audiocraft_oracle.oracle().builders
     g = torch.Generator().manual_seed(seed)

@@ -35,7 +35,7 @@ import struct
 import sys
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,9 @@ import torch
 from huggingface_hub import constants
 
 from .errors import CheckpointError
-from .mbd_checkpoint import CONVERTED
 from .weights import DTYPES, INDEX_FILE, SINGLE_FILE
+
+CONVERTED = "musicgen-converted"  # folder inside a repo's HF cache folder (the cache tools ignore it)
 
 BIN_FILE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -109,24 +110,31 @@ class BinWeights:
         return Path(constants.HF_HOME) / CONVERTED / f"{where}-{key}"
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """`torch.load(weights_only=True, mmap=True)` of a transformers weights file: names -> tensors, nothing else."""
+def safe_torch_load(path: Path, what: str, allowed: Sequence[Any] = ()) -> Any:
+    """`torch.load(weights_only=True, mmap=True)` after refusing, by name, every global outside torch's
+    allow-list and `allowed` (nothing is unpickled then). `what` names the kind of file in messages."""
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a torch checkpoint (zip archive): the file is truncated or corrupted, "
                               "or was saved by torch < 1.6; delete it so that it is downloaded again")
-    try:
-        refused = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as e:  # opcodes torch.save never writes, unreadable archive member, ...
-        raise CheckpointError(f"refusing to unpickle {path}: it cannot be checked ({type(e).__name__}: {e})") from e
-    if refused:
-        raise CheckpointError(f"refusing to unpickle {path}: it refers to {', '.join(sorted(refused))}, which a "
-                              "weights file never contains (unpickling it could run arbitrary code)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"refusing to unpickle {path}: {str(e).splitlines()[0]}") from e
-    except Exception as e:  # truncated members, bad CRC, short reads ...
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e} (truncated or corrupted file)") from e
+    with torch.serialization.safe_globals(list(allowed)):
+        try:
+            refused = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception as e:  # opcodes torch.save never writes, unreadable archive member, ...
+            raise CheckpointError(f"refusing to unpickle {path}: it cannot be checked ({type(e).__name__}: {e})") from e
+        if refused:
+            raise CheckpointError(f"refusing to unpickle {path}: it refers to {', '.join(sorted(refused))}, which "
+                                  f"{what} never contains (unpickling it could run arbitrary code)")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"refusing to unpickle {path}: {str(e).splitlines()[0]}") from e
+        except Exception as e:  # truncated members, bad CRC, short reads ...
+            raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e} (truncated or corrupted file)") from e
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """`torch.load(weights_only=True, mmap=True)` of a transformers weights file: names -> tensors, nothing else."""
+    state = safe_torch_load(path, "a weights file")
     if not isinstance(state, dict) or not state:
         got = "an empty dict" if isinstance(state, dict) else f"a {type(state).__name__}"
         raise CheckpointError(f"{path} does not hold a state dict of tensors (it holds {got})")

@@ -16,11 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import re
 import shutil
 import uuid
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,13 +35,13 @@ from huggingface_hub.errors import (
 )
 from safetensors.torch import save_file
 
+from .convert import CONVERTED, safe_torch_load
 from .errors import CheckpointError, DownloadError
 from .unet import UNetConfig, expected_state_shapes
 
 REPO_ID = "facebook/multiband-diffusion"
 FILENAME = "mbd_musicgen_32khz.th"
 FORMAT, FORMAT_VERSION = "musicgen-mbd", 2  # 2: processor_state includes julius' band-split filters
-CONVERTED = "musicgen-converted"  # folder inside the repo's HF cache folder (the cache tools ignore it)
 PROCESSOR_PREFIX = "processor_state."
 CFG_SECTIONS = ("channels", "sample_rate", "diffusion_unet", "schedule", "processor")
 
@@ -104,23 +102,7 @@ SAFE_GLOBALS: list[Any] = [
 
 def read_pickle(path: str | Path) -> Any:
     """`torch.load` restricted to tensors, containers and the omegaconf stand-ins; anything else is refused."""
-    path = Path(path)
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a torch checkpoint (zip archive): the file is truncated or corrupted")
-    with torch.serialization.safe_globals(SAFE_GLOBALS):
-        try:
-            refused = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception as e:  # opcodes torch.save never writes, unreadable archive member, ...
-            raise CheckpointError(f"refusing to unpickle {path}: it cannot be checked ({type(e).__name__}: {e})") from e
-        if refused:
-            raise CheckpointError(f"refusing to unpickle {path}: it refers to {', '.join(sorted(refused))}, which an "
-                                  "MBD checkpoint never contains (unpickling it could run arbitrary code)")
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(f"refusing to unpickle {path}: {str(e).splitlines()[0]}") from e
-        except Exception as e:  # truncated members, bad CRC, short reads ...
-            raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e} (truncated or corrupted file)") from e
+    return safe_torch_load(Path(path), "an MBD checkpoint", SAFE_GLOBALS)
 
 
 def to_plain(obj: Any) -> Any:

@@ -66,7 +66,7 @@ def build_cache(root: Path, features: app.studio.EngineFeatures) -> Path:
         folders[STEREO_MELODY] = build_melody_checkpoint(root / "src" / "stereo-melody", layout="hub", seed=4,
                                                          audio_channels=2)[1]
     if features.mbd:
-        from mbd_checkpoints import build_mbd_checkpoint
+        from helpers.mbd_checkpoints import build_mbd_checkpoint
 
         from musicgen import mbd_checkpoint
 

@@ -213,7 +213,7 @@ def test_diffusion_decoder_progress_is_live(small: MusicGen, tmp_path: Path) -> 
     features = EngineFeatures.detect()
     if not features.mbd:
         pytest.skip("this engine has no multi-band diffusion decoder yet")
-    from mbd_checkpoints import build_mbd_checkpoint
+    from helpers.mbd_checkpoints import build_mbd_checkpoint
 
     from musicgen.diffusion import MultiBandDiffusion
 

@@ -168,3 +168,21 @@ def test_a_cancelled_job_stops_the_engine(server: Server, watch: EngineWatch) ->
     after = time.monotonic() - start
     assert audio.shape == (64000, 1)
     assert after < 2 * before + 1.0, f"the next request took {after:.1f} s (before the cancel: {before:.1f} s)"
+
+
+def test_a_closed_tab_stops_the_engine(server: Server, watch: EngineWatch) -> None:
+    """A visitor who goes away mid-generation (the event stream closes, as when a tab is closed): the queue
+    notices and the engine stops within a second or two."""
+    config = httpx.get(f"{server.url}config", timeout=30).json()
+    fn_index = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "generate")
+    data = ["ambient drone", 120, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 1, None]
+    body = {"data": data, "fn_index": fn_index, "session_hash": "closed-tab", "event_data": None, "trigger_id": None}
+    with httpx.Client(timeout=60) as http:
+        http.post(f"{server.url}gradio_api/queue/join", json=body).raise_for_status()
+        with http.stream("GET", f"{server.url}gradio_api/queue/data", params={"session_hash": "closed-tab"}) as s:
+            for _line in s.iter_lines():
+                if watch.steps > 50:
+                    break  # leave: the stream closes with this block
+    stopped = watch.wait(lambda w: w.active == 0, timeout=20)
+    assert stopped < 2.0, f"the engine ran on for {stopped:.1f} s after the visitor left"
+    assert watch.steps < 2000

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import gc
 import html
+import inspect
 import logging
 import shutil
 import tempfile
@@ -26,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+import pydantic
 import torch
+from gradio.exceptions import InvalidPathError
 
 from musicgen import DownloadError, MusicGen, MusicGenError, media, session, studio
 
@@ -385,15 +388,44 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def readable_input_errors(demo: gr.Blocks) -> None:
+    """Gradio reads every request's values before a handler runs: its refusals (a file input that is a
+    server path, a URL or not a file at all; too few values) would reach the visitor as an opaque error, or
+    with show_error=True as a pydantic dump naming server paths. They become messages a person can act on;
+    the details go to the server log. (Number and text values are not refused there: see `as_sent`.)"""
+    original = demo.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+        try:
+            return await original(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except (InvalidPathError, pydantic.ValidationError) as e:
+            log.info("refused a file input: %s", e)
+            raise gr.Error("melody and continue_audio must be audio files uploaded to this server (with "
+                           "gradio_client: handle_file(path)); paths on the server, URLs and other values are "
+                           "refused", title="Bad file input", print_exception=False) from None
+        except ValueError as e:  # Gradio's own checks of the request's shape
+            log.info("refused a request: %s", e)
+            params = [p for p in inspect.signature(block_fn.fn).parameters if p not in ("progress", "request")]
+            names = ", ".join(params[: len(block_fn.inputs)])
+            raise gr.Error(f"this request's values could not be read: send {len(block_fn.inputs)} values, in "
+                           f"this order: {names} (see the API page)", title="Bad request",
+                           print_exception=False) from None
+
+    demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
+
+
 def serve(st: Studio, *, share: bool = False, server_name: str | None = None, port: int | None = None,
           max_queue: int = 16, prevent_thread_lock: bool = False, quiet: bool = False) -> tuple[gr.Blocks, str]:
     """Build the page, queue it (one generation at a time, at most `max_queue` waiting) and start serving;
     returns (demo, local URL)."""
     demo = build_demo(st)
+    readable_input_errors(demo)
     # api_open=False: every route goes through the queue and its limits (the REST route /run/... would not)
     demo.queue(max_size=max_queue, default_concurrency_limit=1, api_open=False)
     _, url, _ = demo.launch(share=share, server_name=server_name, server_port=port, css=CSS, quiet=quiet,
-                            theme=gr.themes.Default(primary_hue="orange"), max_file_size="50mb", show_error=True,
+                            theme=gr.themes.Default(primary_hue="orange"), max_file_size="50mb",
                             prevent_thread_lock=prevent_thread_lock)
     return demo, url
 

@@ -118,7 +118,8 @@ BAD = [
     ("top_k not a number", {"top_k": "x"}, None, "top_k must be a number"),
     ("control characters only", {"prompt": "\x00\x07\x1b\u200b"}, None, "prompt is empty"),
     ("prompt not text", {"prompt": ["a", "b"]}, None, "prompt must be text, got list"),
-    ("melody not an upload", {"melody": "/etc/passwd"}, None, "validation error for FileData"),
+    ("melody not an upload", {"melody": "/etc/passwd"}, None, "must be audio files uploaded to this server"),
+    ("melody a number", {"melody": 5}, None, "must be audio files uploaded to this server"),
     ("bad decoder", {"decoder": "wavenet"}, None, "wavenet"),
 ]
 

@@ -186,3 +186,28 @@ def test_a_closed_tab_stops_the_engine(server: Server, watch: EngineWatch) -> No
     stopped = watch.wait(lambda w: w.active == 0, timeout=20)
     assert stopped < 2.0, f"the engine ran on for {stopped:.1f} s after the visitor left"
     assert watch.steps < 2000
+
+
+def _call(url: str, data: list) -> str:
+    """The last line of Gradio's event stream for one request through the queued REST route."""
+    with httpx.Client(timeout=120) as http:
+        event = http.post(f"{url}gradio_api/call/generate", json={"data": data}).raise_for_status().json()
+        return http.get(f"{url}gradio_api/call/generate/{event['event_id']}").raise_for_status().text.strip()
+
+
+@pytest.mark.parametrize(("melody", "count", "message"), [
+    ({"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, 12, "uploaded to this server"),
+    ({"url": "http://127.0.0.1:1/a.wav", "path": "a.wav", "meta": {"_type": "gradio.FileData"}}, 12,
+     "uploaded to this server"),
+    ("../../etc/passwd", 12, "uploaded to this server"),
+    (None, 3, "send 12 values, in this order: prompt, duration, model_size"),
+])
+def test_raw_requests_are_refused_readably(server: Server, melody: object, count: int, message: str) -> None:
+    """Files that were not uploaded are refused without naming a server path; a short payload says what to
+    send. The next request works."""
+    data = ["jazz trio", 1, "small", False, "encodec", melody, 250, 0.0, 1.0, 3.0, 42, None][:count]
+    last = _call(server.url, data)
+    assert last.splitlines()[-1].startswith("data: {\"error\"") and message in last
+    assert "/work" not in last and "Traceback" not in last and str(server.cache) not in last
+    assert "error" not in _call(server.url, ["jazz trio", 1, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 42,
+                                            None]).splitlines()[-1]

@@ -8,9 +8,12 @@ library means changing this file only.
 
 from __future__ import annotations
 
+import math
 from importlib import metadata
 
 import torch
+
+from .errors import InvalidInputError
 
 
 def _installed(name: str) -> str:
@@ -34,10 +37,41 @@ except (OSError, ImportError) as e:  # OSError: libtorchaudio.so does not load (
 RESAMPLE = {"rolloff": 0.945, "lowpass_filter_width": 24}
 
 
+# Taps of the sinc kernel torchaudio builds for a rate conversion (after reducing the ratio: new x (orig + 2
+# width)); it builds them in float64 with temporaries (measured: 28 MB at this bound). 44.1 -> 32 kHz needs
+# 163 k, 11.025 kHz 631 k; a rate that does not reduce against 32,000 (44,101 Hz: 1.4 G taps) would take tens
+# of gigabytes.
+KERNEL_TAPS_MAX = 1 << 20
+# Multiply-adds per second of audio (per channel): taps x gcd(rates). The common rates need at most 23 M
+# (176.4 kHz: ~4 s of CPU for 31 s of stereo; 44.1 kHz: 16 M, ~1.4 s); this bound keeps the odd rates that
+# pass the kernel bound (121,792 Hz: 67 M) within that range of CPU time.
+RESAMPLE_MACS_MAX = 1 << 25
+COMMON_RATES = "16,000, 22,050, 44,100, 48,000 or 96,000 Hz"  # named in messages: all convert cheaply
+
+
+def sinc_kernel(from_rate: int, to_rate: int) -> tuple[int, int]:
+    """(taps, width) of the kernel `resample` builds: new x (orig + 2 width) taps for the reduced ratio
+    orig / new, reaching `width` input samples either side of an output sample."""
+    g = math.gcd(from_rate, to_rate)
+    orig, new = from_rate // g, to_rate // g
+    width = math.ceil(RESAMPLE["lowpass_filter_width"] * orig / (min(orig, new) * RESAMPLE["rolloff"]))
+    return new * (orig + 2 * width), width
+
+
+def cheap_ratio(from_rate: int, to_rate: int) -> bool:
+    """Whether converting from_rate -> to_rate stays within the kernel-size and work bounds above."""
+    taps = sinc_kernel(from_rate, to_rate)[0]
+    return taps <= KERNEL_TAPS_MAX and taps * math.gcd(from_rate, to_rate) <= RESAMPLE_MACS_MAX
+
+
 def resample(x: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
-    """Band-limited sinc resampling along the last dimension (a no-op when the rates agree)."""
+    """Band-limited sinc resampling along the last dimension (a no-op when the rates agree). Ratios that
+    would need a huge kernel (44,101 -> 32,000 Hz) are refused before any memory is taken."""
     if from_rate == to_rate:
         return x
+    if not cheap_ratio(from_rate, to_rate):
+        raise InvalidInputError(f"audio at {from_rate:,} Hz does not convert cheaply to {to_rate:,} Hz: resample it "
+                                f"to a common rate ({COMMON_RATES})")
     return torchaudio.functional.resample(x, from_rate, to_rate, **RESAMPLE)
 
 

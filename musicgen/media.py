@@ -69,19 +69,10 @@ MODEL_RATE = 32_000  # the rate of EnCodec and of the chroma extractor: the engi
 # and torchaudio's conv1d (2.11, CPU) took up to ~85 B per input sample (16 -> 32 kHz: 72 MB for 31 s of
 # stereo; 48 -> 32 kHz: 79 MB), on top of the engine's own copies: this keeps that part under ~45 MB.
 NATIVE_SAMPLES_MAX = 1 << 19
-# Taps of the sinc kernel torchaudio builds for rate -> 32 kHz (after reducing the ratio: new x (orig + 2 width));
-# it builds them in float64 with temporaries (measured: 28 MB at this bound). 44.1 kHz needs 163 k, 11.025 kHz 631 k;
-# a rate that does not reduce against 32,000 (44,101 Hz: 1.4 G taps) would take tens of gigabytes.
-KERNEL_TAPS_MAX = 1 << 20
-# Multiply-adds per second of audio (per channel) of that resampling: taps x gcd(rate, 32,000). The common
-# rates need at most 23 M (176.4 kHz: ~4 s of CPU for 31 s of stereo; 44.1 kHz: 16 M, ~1.4 s); this bound
-# keeps the odd rates that pass the kernel bound (121,792 Hz: 67 M) within that range of CPU time.
-RESAMPLE_MACS_MAX = 1 << 25
 PEAK_MAX = 1e4  # float samples beyond +80 dBFS are not a mix that went hot: the file is broken or hostile
 BLOCK_FRAMES = 1 << 16  # frames decoded at once: at most 8 ch x 4 B x 65,536 = 2 MB
 SEGMENT_FRAMES = 1 << 16  # input frames resampled at once by _to_model_rate: 2 ch x 65,536 x ~85 B = 11 MB
 FFMPEG_SECONDS = 60  # ffmpeg's time to decode the part that is used (-t), then it is killed
-COMMON_RATES = "16,000, 22,050, 44,100, 48,000 or 96,000 Hz"  # named in messages: all convert cheaply
 
 
 @dataclass(frozen=True)
@@ -103,25 +94,15 @@ class Upload:
         return iter(self.clip)
 
 
-def _sinc_kernel(rate: int) -> tuple[int, int]:
-    """(taps, width) of the kernel dsp.resample (torchaudio) builds for rate -> MODEL_RATE: new x (orig + 2
-    width) taps for the reduced ratio orig / new, reaching `width` input samples either side of a frame."""
-    g = math.gcd(rate, MODEL_RATE)
-    orig, new = rate // g, MODEL_RATE // g
-    width = math.ceil(dsp.RESAMPLE["lowpass_filter_width"] * orig / (min(orig, new) * dsp.RESAMPLE["rolloff"]))
-    return new * (orig + 2 * width), width
-
-
 def _check_format(rate: int, channels: int, what: str, name: str) -> None:
     """Refuse, from the header alone, files whose decoding or resampling could cost more than the bounds."""
     if not RATE_MIN <= rate <= RATE_MAX:
         raise InvalidInputError(f"the {what} file {name} has a sample rate of {rate:,} Hz; this server reads "
                                 f"{RATE_MIN:,} - {RATE_MAX:,} Hz: convert it (44,100 or 48,000 Hz are common)")
-    taps = _sinc_kernel(rate)[0]
-    if taps > KERNEL_TAPS_MAX or taps * math.gcd(rate, MODEL_RATE) > RESAMPLE_MACS_MAX:
+    if not dsp.cheap_ratio(rate, MODEL_RATE):
         raise InvalidInputError(f"the {what} file {name} has an unusual sample rate of {rate:,} Hz that does not "
                                 f"convert cheaply to the model's {MODEL_RATE:,} Hz: convert it to a common rate "
-                                f"({COMMON_RATES})")
+                                f"({dsp.COMMON_RATES})")
     if not 1 <= channels <= CHANNELS_MAX:
         raise InvalidInputError(f"the {what} file {name} has {channels} channels; this server reads at most "
                                 f"{CHANNELS_MAX} (7.1 surround): mix it down to stereo or mono")
@@ -172,7 +153,7 @@ def _to_model_rate(wave: np.ndarray, rate: int) -> np.ndarray:
     copy is made. Segments start at multiples of the reduced `orig` (the kernel's stride)."""
     g = math.gcd(rate, MODEL_RATE)
     orig, new = rate // g, MODEL_RATE // g
-    margin = orig * math.ceil(_sinc_kernel(rate)[1] / orig)
+    margin = orig * math.ceil(dsp.sinc_kernel(rate, MODEL_RATE)[1] / orig)
     step = orig * max(1, SEGMENT_FRAMES // orig)
     length = wave.shape[1]
     out = np.empty((wave.shape[0], math.ceil(new * length / orig)), np.float32)

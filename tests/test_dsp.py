@@ -7,9 +7,11 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 import torch
 
 from musicgen import dsp
+from musicgen.errors import InvalidInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,3 +49,29 @@ def test_power_spectrogram_shape_and_parseval() -> None:
     s = spec(x)
     assert s.shape == (2, 513, 8192 // 256 + 1)
     assert (s >= 0).all()
+
+
+def test_costly_ratios_are_refused_before_any_memory_is_taken() -> None:
+    """44,101 -> 32,000 Hz would need a 1.4-billion-tap kernel (tens of GB): refused with the rates to use,
+    for engine callers too (MusicGen.generate(melody=(wave, 44_101)) goes through here)."""
+    assert dsp.cheap_ratio(44_100, 32_000) and dsp.cheap_ratio(48_000, 32_000) and dsp.cheap_ratio(176_400, 32_000)
+    assert not dsp.cheap_ratio(44_101, 32_000) and not dsp.cheap_ratio(44_056, 32_000)
+    assert dsp.sinc_kernel(44_100, 32_000)[0] < dsp.KERNEL_TAPS_MAX
+    with pytest.raises(InvalidInputError, match="44,101 Hz does not convert cheaply.*44,100, 48,000"):
+        dsp.resample(torch.zeros(1, 44_101), 44_101, 32_000)
+
+
+@pytest.fixture(scope="module")
+def melody_model(tmp_path_factory: pytest.TempPathFactory):
+    from melody_checkpoints import build_melody_checkpoint
+
+    from musicgen import MusicGen
+
+    folder = build_melody_checkpoint(tmp_path_factory.mktemp("melody"), layout="current", seed=2)[1]
+    return MusicGen.from_pretrained(folder, device="cpu")
+
+
+def test_melody_at_a_costly_rate_is_refused(melody_model) -> None:
+    wave = torch.sin(torch.arange(44_101) / 10.0)[None]
+    with pytest.raises(InvalidInputError, match="does not convert cheaply"):
+        melody_model.generate(["piano"], duration=0.2, melody=(wave, 44_101))

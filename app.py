@@ -328,11 +328,11 @@ def build_demo(st: Studio) -> gr.Blocks:
             with user_errors(st):
                 job = st.job(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature,
                              cfg_coef, seed, continue_audio)
-                st.model(job, on_load=lambda repo: progress((0, None), desc=f"Loading {repo}…"))
                 # a generator, so that a cancelled job or a lost client closes it (Gradio closes a generator
                 # handler's iterator at its next yield; it can only once the first yield registered it): the
-                # engine then stops at its next step
+                # engine then stops at its next step (a model download is not interrupted; nothing runs after)
                 yield gr.skip()
+                st.model(job, on_load=lambda repo: progress((0, None), desc=f"Loading {repo}…"))
                 events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, False)
                 shown = time.monotonic()
                 with closing(events):

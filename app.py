@@ -79,7 +79,6 @@ class Studio:
 
     def __init__(self, device: str | None = None, stream: bool | None = None, **load_kwargs: object) -> None:
         self.cache = studio.ModelCache(device=device, **load_kwargs)
-        self.features = studio.EngineFeatures.detect()
         self.stream = shutil.which("ffmpeg") is not None if stream is None else stream  # Gradio encodes with it
         self.out_dir = Path(tempfile.mkdtemp(prefix="musicgen-studio-"))
         self.stops = studio.StopRequests()
@@ -88,7 +87,7 @@ class Studio:
     def job(self, *args: object) -> Job:
         """Check the request fields (in API order), pick the checkpoint, read the user's audio: no model
         needed."""
-        req = studio.parse_request(*args, features=self.features)
+        req = studio.parse_request(*args)
         ckpt, notice = studio.choose_checkpoint(req.model_size, req.stereo, req.melody_path is not None)
         uploads = (media.load_melody(req.melody_path) if req.melody_path else None,
                    media.load_continuation(req.continue_path) if req.continue_path else None)
@@ -443,8 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     st = Studio(device=args.device, quantize=default_quantize(args.quantize, args.device))
-    log.info("device %s; live preview %s; melody %s; diffusion decoder %s", st.cache.device,
-             "on" if st.stream else "off (install ffmpeg)", st.features.melody, st.features.mbd)
+    log.info("device %s; live preview %s", st.cache.device, "on" if st.stream else "off (install ffmpeg)")
     serve(st, share=args.share, server_name=args.server_name, port=args.port, max_queue=args.max_queue)
 
 

@@ -15,6 +15,7 @@ and extrapolates: full = 20 x (sum of the per-band calls at full length) + the c
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from musicgen.codec import EnCodec  # noqa: E402
 from musicgen.config import CodecConfig  # noqa: E402
 from musicgen.diffusion import MultiBandDiffusion  # noqa: E402
-from musicgen.unet import UNetConfig, approx_macs  # noqa: E402
+from musicgen.unet import RES_KERNEL, TRANSFORMER_FFN, TRANSFORMER_LAYERS, UNetConfig  # noqa: E402
 
 SR, HOP = 32_000, 640
 LIKELY_UNET = dict(hidden=48, depth=4, res_blocks=1, norm_groups=4, kernel=8, stride=4, growth=4, max_channels=10_000,
@@ -41,6 +42,20 @@ CODEC = CodecConfig(sample_rate=SR, channels=1, dim=128, num_filters=64, num_res
                     pad_mode="reflect", compress=2, num_lstm_layers=2, trim_right_ratio=1.0, codebook_size=2048,
                     num_quantizers=4, conv_shortcut=False)
 
+
+
+def approx_macs(cfg: UNetConfig, samples: int) -> float:
+    """Multiply-accumulates of one forward pass over `samples` audio samples (convolutions, attention)."""
+    total, length, chin = 0.0, samples, cfg.channels
+    for w in cfg.widths():
+        length = math.ceil(length / cfg.stride)
+        conv = chin * w * cfg.kernel * length + cfg.res_blocks * 2 * w * w * RES_KERNEL * length
+        total += 2 * conv  # encoder level and its mirror decoder level
+        chin = w
+    if cfg.transformer:
+        per_layer = 4 * chin * chin * length + 2 * chin * TRANSFORMER_FFN * length + 2 * length * length * chin
+        total += TRANSFORMER_LAYERS * per_layer * (1.5 if cfg.cross_attention else 1.0)
+    return total
 
 def parse_unet(spec: str) -> dict:
     unet = dict(LIKELY_UNET)
@@ -102,7 +117,7 @@ def main() -> None:
     torch.nn.init.normal_(codec.codebooks)
     t0 = time.perf_counter()
     mbd = random_mbd(unet)
-    params = sum(b.unet.num_parameters() for b in mbd.bands)
+    params = sum(p.numel() for b in mbd.bands for p in b.unet.parameters())
     print(f"band UNet: {unet}")
     print(f"widths {cfg.widths()}, {params / 4 / 1e6:.1f} M parameters per band, {params / 1e6:.0f} M in total "
           f"({params * 4 / 1e9:.1f} GB float32); built in {time.perf_counter() - t0:.0f} s; {args.threads} threads")

@@ -116,10 +116,6 @@ class SplitBands(nn.Module):
         return self.split(x)
 
 
-def split_bands(x: torch.Tensor, sample_rate: int, n_bands: int) -> torch.Tensor:
-    return SplitBands(sample_rate, n_bands).to(x.device)(x)
-
-
 def re_eq(wav: torch.Tensor, ref: torch.Tensor, splitter: SplitBands, strictness: float = 1.0) -> torch.Tensor:
     """Scale each band of `wav` [B, C, S] so its standard deviation (per item) matches the reference's."""
     bands, ref_bands = splitter(wav), splitter(ref)
@@ -187,7 +183,6 @@ class Band(nn.Module):
 
     def __init__(self, cfg: Mapping[str, Any], sample_rate: int, where: str):
         super().__init__()
-        self.cfg = dict(cfg)
         with torch.device("meta"):
             self.unet = DiffusionUnet(UNetConfig.from_band_cfg(cfg, where))
         self.schedule = NoiseSchedule(ScheduleConfig.from_cfg(cfg.get("schedule") or {}, where))
@@ -246,7 +241,6 @@ class MultiBandDiffusion(nn.Module):
         self.bands = nn.ModuleList([Band(c, self.sample_rate, f"{where} band {i}")
                                     for i, c in enumerate(config["bands"])])
         self.eq = SplitBands(self.sample_rate, EQ_BANDS)
-        self.config = dict(config)
 
     @classmethod
     def from_pretrained(cls, device: str | torch.device | None = None, revision: str | None = None,

@@ -47,10 +47,11 @@ EXAMPLE_REPO = "facebook/musicgen-small"
 
 
 @contextlib.contextmanager
-def hub_errors(repo_id: str, revision: str | None = None, what: str | None = None) -> Iterator[None]:
+def hub_errors(repo_id: str, revision: str | None = None, what: str | None = None,
+               cache_dir: str | Path | None = None) -> Iterator[None]:
     """huggingface_hub's exceptions -> DownloadError with what to do. `what`: the file(s) being fetched."""
     what = what or repo_id
-    cache = constants.HF_HUB_CACHE
+    cache = cache_dir or constants.HF_HUB_CACHE
     try:
         yield
     except GatedRepoError as e:

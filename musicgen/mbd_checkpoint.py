@@ -19,24 +19,17 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import constants, hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import hf_hub_download
 from safetensors.torch import save_file
 
 from .convert import CONVERTED, safe_torch_load
-from .errors import CheckpointError, DownloadError
+from .errors import CheckpointError
+from .hub import hub_errors
 from .unet import UNetConfig, expected_state_shapes
 
 REPO_ID = "facebook/multiband-diffusion"
@@ -284,23 +277,5 @@ def forget_download(th_path: Path) -> None:
 
 def download(revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
     """hf_hub_download of the MBD weights into the standard HF cache, with what-to-do errors."""
-    what = f"{REPO_ID}/{FILENAME}"
-    errors: list[tuple[type[Exception], Callable[[Exception], str]]] = [
-        (GatedRepoError, lambda e: f"{REPO_ID} is gated: accept its terms on its Hub page and log in (HF_TOKEN)"),
-        (RepositoryNotFoundError, lambda e: f"{REPO_ID} was not found on the Hugging Face Hub"),
-        (RevisionNotFoundError, lambda e: f"revision {revision!r} of {REPO_ID} does not exist"),
-        (LocalEntryNotFoundError, lambda e: (
-            f"cannot download {what}: the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE is set) and the file is "
-            f"not in the local cache ({cache_dir or constants.HF_HUB_CACHE}). Connect once to download it, or copy "
-            "a populated HF cache here")),
-        (EntryNotFoundError, lambda e: f"{what} does not exist at revision {revision or 'main'}"),
-        (HfHubHTTPError, lambda e: f"downloading {what} failed ({e}); try again later"),
-        (OSError, lambda e: f"cannot store {what} in the HF cache ({cache_dir or constants.HF_HUB_CACHE}): {e}"),
-    ]
-    try:
+    with hub_errors(REPO_ID, revision, f"{REPO_ID}/{FILENAME}", cache_dir):
         return Path(hf_hub_download(REPO_ID, FILENAME, revision=revision, cache_dir=cache_dir))
-    except Exception as e:
-        for cls, message in errors:
-            if isinstance(e, cls):
-                raise DownloadError(message(e)) from e
-        raise

@@ -133,10 +133,6 @@ class MusicGen:
         return can_stream(self.codec)
 
     @property
-    def supports_melody(self) -> bool:
-        return self.chroma is not None
-
-    @property
     def max_duration(self) -> float:
         return MAX_DURATION
 

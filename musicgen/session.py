@@ -10,7 +10,6 @@ final tokens; with the diffusion decoder they are the EnCodec preview and the re
 
 from __future__ import annotations
 
-import inspect
 import queue
 import threading
 import time
@@ -105,7 +104,7 @@ def _engine_items(mg: MusicGen, req: Request, kwargs: dict) -> Iterator[object]:
             raise _Stopped
         items.put(("tick", step, total))
 
-    if req.decoder != "encodec" and "progress" in inspect.signature(mg.stream).parameters:
+    if req.decoder != "encodec":
         kwargs = {**kwargs, "progress": tick}
 
     def work() -> None:
@@ -167,7 +166,7 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     lm_steps = 0  # decode steps, where the engine's progress ticks for the diffusion decoder start
     out: GenerationOutput | None = None
     kwargs = engine_kwargs(req, seed, melody, continuation)
-    if decoder is not None and "decode" in inspect.signature(mg.stream).parameters:
+    if decoder is not None:
         kwargs["decode"] = False  # the StreamDecoder has every sample by the end: no second EnCodec pass
     decoded: list[np.ndarray] = []  # every sample the StreamDecoder produced, sent or not
     for item in _engine_items(mg, req, kwargs):
@@ -212,5 +211,5 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     if req.decoder == "encodec":
         yield Result(encodec_audio(out.audio), None, out.sample_rate, out.seed, elapsed)
     else:
-        kept = getattr(out, "audio_encodec", None)
+        kept = out.audio_encodec
         yield Result(out.audio[0].numpy(), encodec_audio(kept), out.sample_rate, out.seed, elapsed)

@@ -8,7 +8,6 @@ Nothing here imports Gradio: app.py maps `MusicGenError` to `gr.Error` and draws
 from __future__ import annotations
 
 import gc
-import inspect
 import math
 import secrets
 import threading
@@ -94,20 +93,6 @@ def choose_checkpoint(size: str, stereo: bool, melody: bool) -> tuple[HubModel, 
 
 
 @dataclass(frozen=True)
-class EngineFeatures:
-    """What `MusicGen.stream` accepts, read from its signature: features light up when the engine has them."""
-
-    melody: bool
-    mbd: bool
-    continuation: bool
-
-    @classmethod
-    def detect(cls, stream: Callable | None = None) -> EngineFeatures:
-        params = inspect.signature(stream or MusicGen.stream).parameters  # looked up now, not at import
-        return cls(melody="melody" in params, mbd="decoder" in params, continuation="continue_from" in params)
-
-
-@dataclass(frozen=True)
 class Request:
     """A validated generation request (what the UI and the API endpoint send)."""
 
@@ -160,7 +145,7 @@ def fresh_seed() -> int:
 
 def parse_request(prompt: object, duration: object, model_size: object, stereo: object, decoder: object,
                   melody: object, top_k: object, top_p: object, temperature: object, cfg_coef: object,
-                  seed: object, continue_audio: object = None, *, features: EngineFeatures) -> Request:
+                  seed: object, continue_audio: object = None) -> Request:
     """Check every field of a request before any model is loaded; errors say what to change."""
     if prompt is None:
         prompt = ""
@@ -181,17 +166,8 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
         raise InvalidInputError(f"stereo must be true or false, got {stereo!r}")
     if decoder not in DECODERS:
         raise InvalidInputError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
-    if decoder == "mbd" and not features.mbd:
-        raise InvalidInputError("the multi-band diffusion decoder is not available yet in this engine: choose "
-                                "the EnCodec decoder")
     melody_path = _file("melody", melody)
-    if melody_path is not None and not features.melody:
-        raise InvalidInputError("melody conditioning is not available yet in this engine: remove the melody to "
-                                "generate from the text alone")
     continue_path = _file("continue_audio", continue_audio)
-    if continue_path is not None and not features.continuation:
-        raise InvalidInputError("continuing from audio is not available yet in this engine: remove the audio to "
-                                "continue")
     return Request(prompt, duration, str(model_size), stereo, str(decoder), melody_path,
                    _integer("top_k", top_k, 0, 2048), _number("top_p", top_p, 0.0, 1.0),
                    _number("temperature", temperature, 0.0, 10.0), _number("cfg_coef", cfg_coef, 0.0, 100.0),

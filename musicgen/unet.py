@@ -13,7 +13,6 @@ audiocraft's code rather than configurable, and is fixed here too.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -302,26 +301,9 @@ class DiffusionUnet(nn.Module):
             return z, memory + sin_embedding(memory.shape[1], memory.shape[2], memory.device, memory.dtype)
         return z + F.interpolate(cond, z.shape[-1]), None  # nearest neighbour, as audiocraft
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def expected_state_shapes(cfg: UNetConfig) -> dict[str, tuple[int, ...]]:
     """The official state-dict key -> shape of a band network (built on the meta device, no memory)."""
     with torch.device("meta"):
         net = DiffusionUnet(cfg)
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
-
-
-def approx_macs(cfg: UNetConfig, samples: int) -> float:
-    """Multiply-accumulates of one forward pass over `samples` audio samples (convolutions, attention)."""
-    total, length, chin = 0.0, samples, cfg.channels
-    for w in cfg.widths():
-        length = math.ceil(length / cfg.stride)
-        conv = chin * w * cfg.kernel * length + cfg.res_blocks * 2 * w * w * RES_KERNEL * length
-        total += 2 * conv  # encoder level and its mirror decoder level
-        chin = w
-    if cfg.transformer:
-        per_layer = 4 * chin * chin * length + 2 * chin * TRANSFORMER_FFN * length + 2 * length * length * chin
-        total += TRANSFORMER_LAYERS * per_layer * (1.5 if cfg.cross_attention else 1.0)
-    return total

@@ -117,9 +117,6 @@ class Checkpoint:
             self._where[key] = (name, dtype, shape, base + start, base + end)
         self._maps[name] = mm
 
-    def keys(self) -> set[str]:
-        return set(self._where)
-
     def __contains__(self, key: str) -> bool:
         return key in self._where
 

@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 from checkpoints import build_checkpoint
 from fakehub import FakeHub
+from helpers.mbd_checkpoints import build_mbd_checkpoint
 from huggingface_hub import constants, snapshot_download
+from melody_checkpoints import build_melody_checkpoint
 
+from musicgen import mbd_checkpoint
 from musicgen.hub import ALLOW_PATTERNS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,26 +55,18 @@ class Server:
             constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = saved
 
 
-def build_cache(root: Path, features: app.studio.EngineFeatures) -> Path:
-    """An HF hub cache holding tiny mono, stereo, melody checkpoints and multi-band diffusion weights (the
-    last two when the engine has them) under the official repo ids."""
+def build_cache(root: Path) -> Path:
+    """An HF hub cache holding tiny mono, stereo, melody checkpoints and multi-band diffusion weights under
+    the official repo ids."""
     folders = {
         MONO: build_checkpoint(root / "src" / "mono", layout="hub", seed=0)[1],
         STEREO: build_checkpoint(root / "src" / "stereo", layout="hub", seed=1, audio_channels=2)[1],
+        MELODY: build_melody_checkpoint(root / "src" / "melody", layout="hub", seed=2)[1],
+        STEREO_MELODY: build_melody_checkpoint(root / "src" / "stereo-melody", layout="hub", seed=4,
+                                               audio_channels=2)[1],
+        MBD: root / "src" / "mbd",
     }
-    if features.melody:
-        from melody_checkpoints import build_melody_checkpoint
-
-        folders[MELODY] = build_melody_checkpoint(root / "src" / "melody", layout="hub", seed=2)[1]
-        folders[STEREO_MELODY] = build_melody_checkpoint(root / "src" / "stereo-melody", layout="hub", seed=4,
-                                                         audio_channels=2)[1]
-    if features.mbd:
-        from helpers.mbd_checkpoints import build_mbd_checkpoint
-
-        from musicgen import mbd_checkpoint
-
-        folders[MBD] = root / "src" / "mbd"
-        build_mbd_checkpoint(folders[MBD] / mbd_checkpoint.FILENAME, "transformer", seed=3, codec_dim=16)
+    build_mbd_checkpoint(folders[MBD] / mbd_checkpoint.FILENAME, "transformer", seed=3, codec_dim=16)
     cache = root / "hub"
     with FakeHub(folders) as hub:
         for repo in folders:
@@ -88,7 +83,7 @@ def get_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     global _server
     if _server is None:
         root = tmp_path_factory.mktemp("studio")
-        cache = build_cache(root, app.studio.EngineFeatures.detect())
+        cache = build_cache(root)
         st = app.Studio(device="cpu")
         demo, url = app.serve(st, prevent_thread_lock=True, quiet=True, max_queue=8)
         _server = Server(url, st, demo, cache)

@@ -5,8 +5,6 @@ Every bad input must come back as an error message a person can act on, and the 
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -73,11 +71,6 @@ def _cpu_oom(*args, **kwargs):
     raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
 
-def _lacks(mp: pytest.MonkeyPatch, server: Server, **off: bool) -> None:
-    """The app as if the engine lacked a feature (it reads them from MusicGen.stream's signature)."""
-    mp.setattr(server.studio, "features", dataclasses.replace(server.studio.features, **off))
-
-
 def _bug(*args, **kwargs):
     raise KeyError("unexpected")
 
@@ -91,21 +84,12 @@ BAD = [
     ("unreadable melody", {}, lambda mp, s, tmp: {"melody": handle_file(_not_audio(tmp / "tune.wav"))},
      "cannot read the melody file"),
     ("silent melody", {}, lambda mp, s, tmp: {"melody": handle_file(_silent_wav(tmp / "quiet.wav"))}, "silent"),
-    ("melody unavailable", {},
-     lambda mp, s, tmp: _lacks(mp, s, melody=False) or {"melody": handle_file(_silent_wav(tmp / "tune.wav"))},
-     "melody conditioning is not available yet"),
-    ("diffusion unavailable", {"decoder": "mbd"},
-     lambda mp, s, tmp: _lacks(mp, s, mbd=False),
-     "multi-band diffusion decoder is not available yet"),
     ("clip to continue too long", {},
      lambda mp, s, tmp: {"continue_audio": _clip(tmp / "long.wav", 440, seconds=31)}, "must be shorter than 30 s"),
     ("duration within the clip", {"duration": 2},
      lambda mp, s, tmp: {"continue_audio": _clip(tmp / "clip.wav", 440, seconds=3)}, "the duration counts it"),
     ("silent clip to continue", {}, lambda mp, s, tmp: {"continue_audio": handle_file(_silent_wav(tmp / "q.wav"))},
      "audio to continue file q.wav is silent"),
-    ("continuation unavailable", {},
-     lambda mp, s, tmp: _lacks(mp, s, continuation=False) or {"continue_audio": _clip(tmp / "clip.wav", 440)},
-     "continuing from audio is not available yet"),
     ("model not downloadable", {"model_size": "large"}, None, "not in the local cache"),
     ("out of memory", {}, lambda mp, s, tmp: mp.setattr(MusicGen, "stream", _oom), "out of memory"),
     ("cpu out of memory", {}, lambda mp, s, tmp: mp.setattr(MusicGen, "stream", _cpu_oom), "out of memory"),
@@ -153,7 +137,6 @@ def _clip(path, freq: float, seconds: float = 1.5):
 
 
 def test_melody_with_small_uses_the_melody_model(client: Client, server: Server, tmp_path) -> None:
-    assert server.studio.features.melody  # the engine has melody conditioning: the app must use it
     a, _ = generate(client, prompt="piano", duration=1, seed=3, melody=_tune(tmp_path / "a.wav", 440))
     assert a.shape == (32000, 1)
     assert server.studio.cache.current == "facebook/musicgen-melody"  # small has no melody variant
@@ -170,7 +153,6 @@ def test_stereo_melody(client: Client, server: Server, tmp_path) -> None:
 
 def test_diffusion_decoder(client: Client, server: Server) -> None:
     """decoder="mbd" (weights from the cache's facebook/multiband-diffusion) returns that decoder's audio."""
-    assert server.studio.features.mbd
     plain, _ = generate(client, prompt="ambient drone", duration=1, seed=99)
     mbd, _ = generate(client, prompt="ambient drone", duration=1, seed=99, decoder="mbd")
     assert plain.shape == mbd.shape == (32000, 1)

@@ -86,13 +86,11 @@ def test_generate_in_the_browser(server: Server, page, tmp_path: Path) -> None:
     expect(info).to_have_text("")  # the stopped run had cleared the last result and produced none
     seconds.fill("1")
     seconds.press("Enter")
-    if server.studio.features.mbd:  # and with the diffusion decoder: both versions side by side
-        page.get_by_label("Multi-band diffusion").check()
+    page.get_by_label("Multi-band diffusion").check()  # and with the diffusion decoder: both versions side by side
     generate.click()
     expect(info).to_contain_text("1.0 s of audio", timeout=120_000)
-    if server.studio.features.mbd:
-        expect(page.locator("#result-mbd audio").first).to_be_attached()
-        expect(page.locator("#result")).to_contain_text("EnCodec")
+    expect(page.locator("#result-mbd audio").first).to_be_attached()
+    expect(page.locator("#result")).to_contain_text("EnCodec")
     expect(errors).to_have_count(0)
     page.screenshot(path=str(tmp_path / "studio-mbd.png"), full_page=True)
     if out:

@@ -44,7 +44,6 @@ from musicgen.diffusion import (
     SplitBands,
     item_generators,
     re_eq,
-    split_bands,
 )
 from musicgen.unet import DiffusionUnet, MultiheadAttention, UNetConfig
 
@@ -140,7 +139,7 @@ def test_schedule_closed_form() -> None:
 @pytest.mark.parametrize("n_bands", [8, 32])
 def test_split_bands_sum_to_input(n_bands: int) -> None:
     x = torch.randn(2, 1, 8000, generator=torch.Generator().manual_seed(0))
-    bands = split_bands(x, SR, n_bands)
+    bands = SplitBands(SR, n_bands)(x)
     assert bands.shape == (n_bands, 2, 1, 8000)
     torch.testing.assert_close(bands.sum(0), x, atol=1e-5, rtol=0)
     assert (bands.std(dim=(1, 2, 3)) > 1e-3).all()  # every band carries part of white noise

@@ -19,7 +19,7 @@ from checkpoints import build_checkpoint
 
 from musicgen import MusicGen, session
 from musicgen.streaming import StreamDecoder
-from musicgen.studio import EngineFeatures, parse_request
+from musicgen.studio import parse_request
 
 TOL = 1e-5
 HOP = 640
@@ -139,8 +139,7 @@ class FakeClock:
 
 
 def request(duration: float = 2.0, seed: int = 5):
-    return parse_request("lofi beat", duration, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, seed,
-                         features=EngineFeatures(melody=False, mbd=False, continuation=False))
+    return parse_request("lofi beat", duration, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, seed)
 
 
 @pytest.mark.parametrize(("tick", "first_chunk_at"), [(0.002, 0.0), (0.05, 0.5)])
@@ -210,16 +209,13 @@ def test_run_without_streaming_and_closing_stops_the_engine(small: MusicGen) -> 
 def test_diffusion_decoder_progress_is_live(small: MusicGen, tmp_path: Path) -> None:
     """decoder="mbd": 80 diffusion steps reported while they run (the engine works in a worker thread), the
     live preview is the EnCodec decode, the result carries both versions."""
-    features = EngineFeatures.detect()
-    if not features.mbd:
-        pytest.skip("this engine has no multi-band diffusion decoder yet")
     from helpers.mbd_checkpoints import build_mbd_checkpoint
 
     from musicgen.diffusion import MultiBandDiffusion
 
     mg = MusicGen.from_pretrained(small.name, device="cpu")  # its own copy: the MBD weights stay with it
     mg.mbd = MultiBandDiffusion.from_file(build_mbd_checkpoint(tmp_path / "mbd.th", codec_dim=16), "cpu")
-    req = parse_request("lofi beat", 1.0, "small", False, "mbd", None, 250, 0.0, 1.0, 3.0, 9, features=features)
+    req = parse_request("lofi beat", 1.0, "small", False, "mbd", None, 250, 0.0, 1.0, 3.0, 9)
     seen: list[tuple[float, session.Progress]] = []
     events = []
     for event in session.run(mg, req, chunk_seconds=0.1):

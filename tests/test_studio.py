@@ -17,9 +17,7 @@ from PIL import Image
 from studio_server import ROOT
 
 from musicgen import InvalidInputError, media, studio
-from musicgen.studio import EngineFeatures, ModelCache, choose_checkpoint, parse_request, parse_seed
-
-FEATURES = EngineFeatures(melody=True, mbd=True, continuation=True)
+from musicgen.studio import ModelCache, choose_checkpoint, parse_request, parse_seed
 
 
 def test_every_checkpoint_the_app_can_pick() -> None:
@@ -49,14 +47,6 @@ def test_readme_lists_every_checkpoint_in_the_space_metadata() -> None:
     assert studio.MBD_REPO == mbd_checkpoint.REPO_ID
 
 
-def test_features_come_from_the_stream_signature() -> None:
-    def old(self, prompts, duration, *, seed=None): ...
-    def new(self, prompts, duration, *, seed=None, melody=None, continue_from=None, decoder="encodec"): ...
-    assert EngineFeatures.detect(old) == EngineFeatures(melody=False, mbd=False, continuation=False)
-    assert EngineFeatures.detect(new) == FEATURES
-    assert EngineFeatures.detect() == FEATURES  # this engine has them all
-
-
 @pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), (-1, None), (-1.0, None), (0, 0),
                                                  (42, 42), (42.0, 42), ("17", 17), (2**53 - 1, 2**53 - 1)])
 def test_seeds(value, expected) -> None:
@@ -80,10 +70,10 @@ def args(**kw):
 
 
 def test_request_is_normalised() -> None:
-    req = parse_request(**args(prompt="  lofi \n beat ", top_k=250.0, seed="12"), features=FEATURES)
+    req = parse_request(**args(prompt="  lofi \n beat ", top_k=250.0, seed="12"))
     assert (req.prompt, req.top_k, req.seed, req.melody_path, req.continue_path) == ("lofi beat", 250, 12, None,
                                                                                      None)
-    assert parse_request(**args(continue_audio="/tmp/x.wav"), features=FEATURES).continue_path == "/tmp/x.wav"
+    assert parse_request(**args(continue_audio="/tmp/x.wav")).continue_path == "/tmp/x.wav"
     assert isinstance(req.top_k, int)
 
 
@@ -104,16 +94,7 @@ def test_request_is_normalised() -> None:
 ])
 def test_request_errors(kw, message) -> None:
     with pytest.raises(InvalidInputError, match=message):
-        parse_request(**args(**kw), features=FEATURES)
-
-
-def test_features_an_engine_lacks_are_refused() -> None:
-    off = EngineFeatures(melody=False, mbd=False, continuation=False)
-    for kw, message in [({"melody": "/tmp/a.wav"}, "melody conditioning is not available"),
-                        ({"decoder": "mbd"}, "diffusion decoder is not available"),
-                        ({"continue_audio": "/tmp/a.wav"}, "continuing from audio is not available")]:
-        with pytest.raises(InvalidInputError, match=message):
-            parse_request(**args(**kw), features=off)
+        parse_request(**args(**kw))
 
 
 def test_duration_must_leave_room_after_the_clip() -> None:
@@ -193,7 +174,7 @@ def test_zero_gpu_wraps_generation_with_a_budget(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
     st = app.Studio(device="cpu", stream=False)
     assert calls["fn"] == st._run_events
-    req = parse_request(**args(model_size="medium", duration=20), features=FEATURES)
+    req = parse_request(**args(model_size="medium", duration=20))
     assert calls["duration"]("facebook/musicgen-medium", req, None, None, True) == studio.gpu_seconds("medium", 20,
                                                                                                  "encodec")
     monkeypatch.delitem(sys.modules, "spaces")

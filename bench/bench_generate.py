@@ -46,7 +46,7 @@ def ensure_checkpoint(model: str | None, cache: Path) -> str:
         return model
     folder = cache / "musicgen-small-random"
     if not (folder / "config.json").is_file():
-        from checkpoints import build_real_size
+        from helpers.checkpoints import build_real_size
 
         print(f"building a real-size random musicgen-small in {folder} (once) ...", file=sys.stderr)
         build_real_size(folder, layout="hub")

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.checkpoints import build_checkpoint
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/checkpoints.py, tests/fakehub.py
-
-from checkpoints import build_checkpoint  # noqa: E402
-
-from musicgen import MusicGen  # noqa: E402
+from musicgen import MusicGen
 
 torch.set_num_threads(2)
 
@@ -78,8 +74,8 @@ def transformers_tokens(ref, ids: torch.Tensor, mask: torch.Tensor, frames: int,
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
-    """The web app serving tiny models offline (started once per test session; see studio_server.py)."""
-    from studio_server import get_server
+    """The web app serving tiny models offline (started once per test session; see helpers/studio_server.py)."""
+    from helpers.studio_server import get_server
 
     srv = get_server(tmp_path_factory, request)
     with srv.offline():

@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from studio_server import Server
+from helpers.studio_server import Server
 
 from musicgen import MusicGen, session
 

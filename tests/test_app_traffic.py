@@ -1,7 +1,7 @@
 """The web app under concurrent traffic from strangers: nobody receives another's music, the queue's limits
 hold on every route, and a cancelled job stops the engine.
 
-The server runs in this process (studio_server.py), so the tests can watch the engine itself: how many
+The server runs in this process (helpers/studio_server.py), so the tests can watch the engine itself: how many
 generations run at once (MusicGen.stream is wrapped) and when a cancelled one stops.
 """
 
@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from gradio_client import Client
 from gradio_client.utils import Status
-from studio_server import Server
+from helpers.studio_server import Server
 
 from musicgen import MusicGen
 

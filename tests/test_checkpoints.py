@@ -1,4 +1,4 @@
-"""Sanity checks for the tiny random MusicGen checkpoints built by ``tests/checkpoints.py``."""
+"""Sanity checks for the tiny random MusicGen checkpoints built by ``tests/helpers/checkpoints.py``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import (
+from helpers.checkpoints import (
     REAL_SMALL_CONFIG,
     TEXT_VOCAB_SIZE,
     TOKENIZER_VOCAB_SIZE,
@@ -299,7 +299,7 @@ def _fingerprint() -> str:
     """sha256 over the tokenizer.json text and every tensor of the seed-0 tiny model."""
     import hashlib
 
-    from checkpoints import _tokenizer_json
+    from helpers.checkpoints import _tokenizer_json
 
     digest = hashlib.sha256(_tokenizer_json().encode())
     for key, tensor in sorted(build_model(seed=0).state_dict().items()):
@@ -310,12 +310,11 @@ def _fingerprint() -> str:
 
 def test_fixture_is_identical_across_processes() -> None:
     """Tokenizer training and weight init must not depend on the process (hash seeds, threads)."""
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); "
-        "import test_checkpoints as t; print(t._fingerprint())"
-    )
-    env = dict(os.environ, PYTHONHASHSEED="123", TOKENIZERS_PARALLELISM="true")
-    command = [sys.executable, "-c", code, str(Path(__file__).parent)]
+    code = "import test_checkpoints as t; print(t._fingerprint())"
+    tests = str(Path(__file__).parent)  # this module and helpers/ import from tests/, as pytest runs them
+    env = dict(os.environ, PYTHONHASHSEED="123", TOKENIZERS_PARALLELISM="true",
+               PYTHONPATH=os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-c", code]
     out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip().splitlines()[-1] == _fingerprint()
 

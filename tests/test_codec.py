@@ -62,7 +62,7 @@ def test_stereo_decode_layout(small: MusicGen) -> None:
 @pytest.fixture(scope="module")
 def causal(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, MusicGen]:
     """A checkpoint whose EnCodec is causal (transformers' EncodecConfig default), built by transformers."""
-    from checkpoints import build_model, save_checkpoint, tiny_config
+    from helpers.checkpoints import build_model, save_checkpoint, tiny_config
 
     cfg = tiny_config()
     cfg.audio_encoder.use_causal_conv = True

@@ -1,6 +1,6 @@
 """transformers pickle weights (pytorch_model.bin, or shards + index) -> safetensors, from a local folder.
 
-The .bin layouts are written by tests/checkpoints.py the way transformers 4's save_pretrained did (transformers
+The .bin layouts are written by tests/helpers/checkpoints.py the way transformers 4's save_pretrained did (transformers
 5 writes safetensors only); transformers 5 itself must load them back, which checks the fixture.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import bin_state_dict, save_checkpoint
 from conftest import PROMPTS
+from helpers.checkpoints import bin_state_dict, save_checkpoint
 from safetensors import safe_open
 from transformers import MusicgenForConditionalGeneration
 

@@ -24,8 +24,8 @@ import julius
 import numpy as np
 import pytest
 import torch
-from fakehub import FakeHub, hub_env
 from helpers import audiocraft_oracle as oracle
+from helpers.fakehub import FakeHub, hub_env
 from helpers.mbd_checkpoints import (
     OPTION_SETS,
     build_malicious_checkpoint,

@@ -63,7 +63,7 @@ def test_costly_ratios_are_refused_before_any_memory_is_taken() -> None:
 
 @pytest.fixture(scope="module")
 def melody_model(tmp_path_factory: pytest.TempPathFactory):
-    from melody_checkpoints import build_melody_checkpoint
+    from helpers.melody_checkpoints import build_melody_checkpoint
 
     from musicgen import MusicGen
 

@@ -1,4 +1,4 @@
-"""The fake Hub (tests/fakehub.py) really satisfies the installed huggingface_hub, over plain HTTP only.
+"""The fake Hub (tests/helpers/fakehub.py) really satisfies the installed huggingface_hub, over plain HTTP only.
 
 huggingface_hub reads HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE at import time, so every download runs
 in a fresh subprocess with the environment from `hub_env`.
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from fakehub import FAKE_COMMIT, FakeHub, hub_env
+from helpers.fakehub import FAKE_COMMIT, FakeHub, hub_env
 from safetensors.torch import save_file
 
 REPO = "facebook/musicgen-small"

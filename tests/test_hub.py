@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from checkpoints import build_tokenizer, save_checkpoint
 from conftest import PROMPTS
-from fakehub import FakeHub, hub_env
+from helpers.checkpoints import build_tokenizer, save_checkpoint
+from helpers.fakehub import FakeHub, hub_env
 
 REPO = "facebook/musicgen-small"
 AUDIOCRAFT_FILES = {"state_dict.bin", "compression_state_dict.bin"}

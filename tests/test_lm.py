@@ -131,7 +131,7 @@ def test_static_shape_step_matches_eager(small: MusicGen) -> None:
 
 
 def test_static_shape_step_with_a_melody_prefix(tmp_path_factory) -> None:
-    from melody_checkpoints import build_melody_checkpoint
+    from helpers.melody_checkpoints import build_melody_checkpoint
 
     from musicgen.generate import decode_step
 

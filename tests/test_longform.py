@@ -47,7 +47,7 @@ def test_continuation_matches_transformers(small: MusicGen, ref_models, stereo: 
 
 @pytest.fixture(scope="module")
 def ref_models(checkpoints, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from checkpoints import build_checkpoint
+    from helpers.checkpoints import build_checkpoint
 
     ref_s, folder_s = build_checkpoint(tmp_path_factory.mktemp("cont") / "stereo", layout="current", seed=2,
                                        audio_channels=2)
@@ -117,7 +117,7 @@ def test_long_piece_progress_and_seed(small: MusicGen, long_piece: dict) -> None
 
 def test_positions_stay_within_the_model(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A melody model's prefix [chroma | text] plus a full window fits max_positions, long prompts included."""
-    from melody_checkpoints import build_melody_checkpoint
+    from helpers.melody_checkpoints import build_melody_checkpoint
 
     _, folder = build_melody_checkpoint(tmp_path_factory.mktemp("pos") / "m", seed=1)
     mg = MusicGen.from_pretrained(folder, device="cpu")

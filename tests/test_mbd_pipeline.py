@@ -56,7 +56,7 @@ def test_stereo_mbd_is_two_mono_decodes(mbd_file: Path, tmp_path: Path) -> None:
     """Stereo tokens: left and right are decoded as two mono items (L0 R0 L1 R1 ... split per channel), each
     equal to audiocraft's mono MBD decode of that channel with that item's noise (audiocraft's own stereo MBD
     path raises IndexError, its issues #401 / #408)."""
-    from checkpoints import build_checkpoint
+    from helpers.checkpoints import build_checkpoint
 
     from musicgen.diffusion import item_generators
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import PROMPTS, transformers_tokens
-from melody_checkpoints import build_melody_checkpoint
+from helpers.melody_checkpoints import build_melody_checkpoint
 from transformers import MusicgenMelodyFeatureExtractor
 
 from musicgen import InvalidInputError, MusicGen

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import build_checkpoint
 from conftest import PROMPTS, transformers_tokens
+from helpers.checkpoints import build_checkpoint
 
 from musicgen import MusicGen
 

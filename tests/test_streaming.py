@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from checkpoints import build_checkpoint
+from helpers.checkpoints import build_checkpoint
 
 from musicgen import MusicGen, session
 from musicgen.streaming import StreamDecoder

@@ -13,8 +13,8 @@ import weakref
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers.studio_server import ROOT
 from PIL import Image
-from studio_server import ROOT
 
 from musicgen import InvalidInputError, media, studio
 from musicgen.studio import ModelCache, choose_checkpoint, parse_request, parse_seed

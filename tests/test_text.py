@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import build_tokenizer, save_checkpoint
 from conftest import PROMPTS
-from fakehub import hub_env
+from helpers.checkpoints import build_tokenizer, save_checkpoint
+from helpers.fakehub import hub_env
 from safetensors import safe_open
 from transformers import AutoTokenizer
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from checkpoints import _generation_kwargs, reinit_weights, save_checkpoint, tiny_config
 from transformers import (
     GenerationConfig,
     MusicgenMelodyConfig,
@@ -14,6 +13,8 @@ from transformers import (
     MusicgenMelodyFeatureExtractor,
     MusicgenMelodyForConditionalGeneration,
 )
+
+from .checkpoints import _generation_kwargs, reinit_weights, save_checkpoint, tiny_config
 
 
 def tiny_melody_config(audio_channels: int = 1) -> MusicgenMelodyConfig:

@@ -1,4 +1,4 @@
-"""A running MusicGen studio for the app and browser tests, shared by both modules.
+"""A running MusicGen studio for the app, traffic and browser tests, shared by those modules.
 
 Tiny random checkpoints are built with transformers and downloaded from a `FakeHub` into a temporary HF cache
 under the official repo ids, so the cache has exactly the layout huggingface_hub writes (blobs, snapshots,
@@ -11,25 +11,23 @@ while a test module uses the server.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from checkpoints import build_checkpoint
-from fakehub import FakeHub
-from helpers.mbd_checkpoints import build_mbd_checkpoint
 from huggingface_hub import constants, snapshot_download
-from melody_checkpoints import build_melody_checkpoint
 
+import app  # the repository root is on sys.path: `pythonpath` in pyproject.toml
 from musicgen import mbd_checkpoint
 from musicgen.hub import ALLOW_PATTERNS
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # app.py
+from .checkpoints import build_checkpoint
+from .fakehub import FakeHub
+from .mbd_checkpoints import build_mbd_checkpoint
+from .melody_checkpoints import build_melody_checkpoint
 
-import app  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 MONO, STEREO, MELODY = "facebook/musicgen-small", "facebook/musicgen-stereo-small", "facebook/musicgen-melody"
 STEREO_MELODY = "facebook/musicgen-stereo-melody"

@@ -32,6 +32,7 @@ import torch
 from gradio.exceptions import InvalidPathError
 
 from musicgen import DownloadError, MusicGen, MusicGenError, media, session, studio
+from musicgen.options import DEFAULT_DURATION, MAX_DURATION
 
 log = logging.getLogger("musicgen.app")
 
@@ -222,12 +223,12 @@ def build_demo(st: Studio) -> gr.Blocks:
                     generate_btn = gr.Button("Generate", variant="primary", scale=3)
                     stop_btn = gr.Button("Stop", variant="stop", scale=1)
                 gr.Examples([[e] for e in EXAMPLES], inputs=[prompt], label="Examples (click to use)")
-                duration = gr.Slider(studio.MIN_DURATION, studio.MAX_DURATION, value=studio.DEFAULT_DURATION,
+                duration = gr.Slider(studio.MIN_DURATION, MAX_DURATION, value=DEFAULT_DURATION,
                                      step=1, label="Duration (seconds)")
                 with gr.Row():
                     model_size = gr.Radio(list(studio.SIZES), value="small", label="Model size", scale=3)
                     stereo = gr.Checkbox(value=False, label="Stereo", scale=1, min_width=100)
-                decoder = gr.Radio([(v, k) for k, v in studio.DECODERS.items()], value="encodec", label="Decoder")
+                decoder = gr.Radio([(v, k) for k, v in studio.DECODER_LABELS.items()], value="encodec", label="Decoder")
                 model_hint = gr.Markdown(_hint("small", False, None))
                 melody = gr.Audio(sources=["upload", "microphone"], type="filepath",
                                   label="Melody (optional: the tune to follow, first 30 s are used)")
@@ -315,7 +316,7 @@ def build_demo(st: Studio) -> gr.Blocks:
                            result_mbd: gr.update(value=final, visible=True)}
             yield update
 
-        def generate(prompt: str, duration: float = studio.DEFAULT_DURATION, model_size: str = "small",
+        def generate(prompt: str, duration: float = DEFAULT_DURATION, model_size: str = "small",
                      stereo: bool = False, decoder: str = "encodec", melody: str | None = None, top_k: int = 250,
                      top_p: float = 0.0, temperature: float = 1.0, cfg_coef: float = 3.0, seed: int = -1,
                      continue_audio: str | None = None,

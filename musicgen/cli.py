@@ -12,6 +12,9 @@ import torch
 from tqdm import tqdm
 
 from .errors import InvalidInputError, MusicGenError
+from .options import DECODERS, GenerationOptions, options
+
+D = GenerationOptions()  # the defaults (audiocraft's)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -27,8 +30,9 @@ def parser() -> argparse.ArgumentParser:
                    help="16-bit WAV file to write (several prompts: NAME-0.wav, NAME-1.wav, ...) [out.wav]")
     p.add_argument("--duration", type=float, default=8.0,
                    help="seconds of audio, up to 300 (beyond 30 s it is made window by window) [8]")
-    p.add_argument("--extend-stride", type=float, default=18.0,
-                   help="beyond 30 s: seconds each new 30 s window adds; the rest of the window is its prompt [18]")
+    p.add_argument("--extend-stride", type=float, default=D.extend_stride,
+                   help="beyond 30 s: seconds each new 30 s window adds; the rest of the window is its prompt "
+                   f"[{D.extend_stride:g}]")
     p.add_argument("--continue", dest="continue_from", default=None, metavar="FILE",
                    help="audio file to continue (shorter than 30 s): the output starts with it, --duration counts "
                    "the whole result")
@@ -36,17 +40,21 @@ def parser() -> argparse.ArgumentParser:
                    help="Hub repo id or local checkpoint folder [facebook/musicgen-small]")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit [main]")
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible result [random]")
-    p.add_argument("--top-k", type=int, default=250, help="sample among the k most likely tokens; 0 = off [250]")
-    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling mass; > 0 overrides top-k [0]")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy [1.0]")
-    p.add_argument("--cfg-coef", type=float, default=3.0, help="classifier-free guidance strength [3.0]")
+    p.add_argument("--top-k", type=int, default=D.top_k,
+                   help=f"sample among the k most likely tokens; 0 = off [{D.top_k}]")
+    p.add_argument("--top-p", type=float, default=D.top_p,
+                   help=f"nucleus sampling mass; > 0 overrides top-k [{D.top_p:g}]")
+    p.add_argument("--temperature", type=float, default=D.temperature,
+                   help=f"softmax temperature; 0 = greedy [{D.temperature:g}]")
+    p.add_argument("--cfg-coef", type=float, default=D.cfg_coef,
+                   help=f"classifier-free guidance strength [{D.cfg_coef:g}]")
     p.add_argument("--melody", default=None, metavar="FILE",
                    help="audio file (wav/flac/ogg/mp3) whose tune conditions a melody checkpoint, e.g. "
                    "--model facebook/musicgen-melody; only its first 30 s are used")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available, else cpu]")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="language-model precision [float16 on CUDA, float32 on CPU]")
-    p.add_argument("--decoder", choices=["encodec", "mbd"], default="encodec",
+    p.add_argument("--decoder", choices=DECODERS, default=D.decoder,
                    help="tokens to audio: EnCodec, or multi-band diffusion (better quality, much slower; its weights, "
                    "facebook/multiband-diffusion, are fetched on first use) [encodec]")
     p.add_argument("--quantize", choices=["int8", "int8-weight-only"], default=None,
@@ -91,13 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(step - bar.n)
 
         t0 = time.perf_counter()
-        kwargs = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, cfg_coef=args.cfg_coef,
-                      seed=args.seed, progress=progress, melody=melody, extend_stride=args.extend_stride,
-                      decoder=args.decoder)
-        if head is None:
-            out = mg.generate(args.prompts, args.duration, **kwargs)
-        else:
-            out = mg.generate_continuation(head[0], head[1], args.prompts, args.duration, **kwargs)
+        o = options(duration=args.duration, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                    cfg_coef=args.cfg_coef, seed=args.seed, melody=melody, continue_from=head,
+                    extend_stride=args.extend_stride, decoder=args.decoder)
+        out = mg.generate(args.prompts, options=o, progress=progress)
         bar.close()
         elapsed = time.perf_counter() - t0
     except MusicGenError as e:

@@ -1,4 +1,4 @@
-"""Pieces longer than the 30 s training window, and continuations of user audio.
+"""Pieces longer than the 30 s training window, continuations of user audio, and the melody across windows.
 
 audiocraft's schedule (MusicGen._generate_tokens): window i starts `stride` frames after window i - 1,
 is prompted with the tokens its predecessor generated after its first `stride` frames (the last
@@ -9,6 +9,7 @@ Each window is an ordinary prompted generation, so positions restart at 0 in eve
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,11 @@ from einops import rearrange
 
 from .dsp import resample
 from .errors import InvalidInputError
-from .melody import SILENCE, user_audio
+from .generate import StepFn, complete_frames, iter_steps
+from .lm import LM
+from .melody import SILENCE, ChromaExtractor, user_audio
+from .options import Clip
+from .sampling import SamplingParams, undelay
 
 
 @dataclass(frozen=True)
@@ -72,3 +77,55 @@ def prepare_prompt_audio(wave: object, sample_rate: int, batch: int, channels: i
 def frames_of(samples: int, hop: int) -> int:
     """EnCodec frames for `samples` samples (its last window is padded to full)."""
     return math.ceil(samples / hop)
+
+
+def run_windows(
+    lm: LM,
+    plan: list[Window],
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator,
+    chroma_of: Callable[[Window], torch.Tensor | None],
+    head: torch.Tensor,
+    step_fn: StepFn | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The piece, window by window: yields (steps done, every frame complete so far [B, K, n]) after each
+    decode step; the last yield holds the whole piece. `head` [B, K, P]: the frames the piece starts with
+    (the user's encoded audio; P may be 0); each window is prompted with the previous one's tail."""
+    delays = lm.cfg.delays
+    piece, done = head, 0
+    for w in plan:
+        prompt = piece[..., w.offset : w.offset + w.prompt] if w.prompt else None
+        for step, _, seq in iter_steps(lm, text, mask, w.frames, params, generator, chroma_of(w), step_fn, prompt):
+            n = complete_frames(step, delays, w.frames)
+            tokens = torch.cat([piece, undelay(seq, delays, n)[..., w.prompt :]], dim=-1)
+            yield done + step - w.prompt, tokens
+        piece = tokens
+        done += w.new + max(delays)
+
+
+def melody_wave(chroma: ChromaExtractor | None, melody: Clip | None, batch: int, seconds: float,
+                name: str) -> torch.Tensor | None:
+    """The user's melody as mono audio at the model rate [N, S] (what the piece needs of it), or None."""
+    if chroma is None:
+        if melody is not None:
+            raise InvalidInputError(f"{name or 'this checkpoint'} has no melody conditioning: use a melody "
+                                    "checkpoint such as facebook/musicgen-melody")
+        return None
+    if melody is None:
+        return None
+    return chroma.prepare(melody[0], melody[1], batch, max(seconds, chroma.cfg.max_seconds))
+
+
+def window_chroma(chroma: ChromaExtractor, wave: torch.Tensor | None, batch: int, w: Window, windowed: bool,
+                  frame_rate: float, window_seconds: float) -> torch.Tensor:
+    """One-hot chroma [B, chroma_length, 12] for window `w` (the null melody without a tune). In a multi-window
+    piece the melody is looped over the whole piece and each window gets its own span (audiocraft's tiling)."""
+    if wave is None:
+        return chroma.null(batch)
+    if windowed:
+        rate = chroma.cfg.sample_rate
+        start = round(w.offset / frame_rate * rate)
+        wave = loop_audio(wave, start, round(window_seconds * rate))
+    return chroma.prefix(wave, batch)

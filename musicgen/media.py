@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import dsp
 from .errors import InvalidInputError
-from .pipeline import WINDOW
+from .options import WINDOW
 
 MELODY_MAX_SECONDS = 30.0  # the melody models look at the first 30 s at most
 MELODY_MIN_SECONDS = 0.5

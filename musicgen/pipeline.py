@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -19,21 +18,19 @@ from .config import MusicGenConfig
 from .convert import weights_folder
 from .diffusion import MultiBandDiffusion
 from .errors import InvalidInputError
-from .generate import Progress, StepFn, complete_frames, decode_step, iter_steps
+from .generate import Progress, StepFn, decode_step
 from .hub import resolve
 from .layout import QUANTIZE, dynamic_int8_available, int8_available
 from .lm import LM
-from .longform import Window, frames_of, loop_audio, plan_windows, prepare_prompt_audio
+from .longform import Window, frames_of, melody_wave, plan_windows, prepare_prompt_audio, run_windows, window_chroma
 from .melody import ChromaExtractor
-from .sampling import SamplingParams, undelay
+from .options import MAX_DURATION, WINDOW, Clip, GenerationOptions, seed_of
+from .options import options as make_options
+from .sampling import SamplingParams
 from .streaming import StreamDecoder, can_stream
 from .text import T5Encoder, TextTokenizer
 from .weights import Checkpoint, release_free_memory
 
-DECODERS = ("encodec", "mbd")
-WINDOW = 30.0  # seconds: the window the released models were trained on (audiocraft max_duration)
-EXTEND_STRIDE = 18.0  # seconds each further window adds (audiocraft's default extend_stride)
-MAX_DURATION = 300.0  # longest piece: made window by window beyond WINDOW
 DECODE_CHUNK = 50  # frames (1 s of one channel) per EnCodec decoder pass, split between the batch's items.
 # Decoding 60 s in one pass takes 2.2 GB and 8.2 s on 2 CPU cores; in 50-frame chunks (streaming.py, exact)
 # 0.16 GB and 3-4.5 s (the activations stay in cache); 100 frames: 0.26 GB, 5-10 % faster
@@ -163,11 +160,11 @@ class MusicGen:
         diffusion (stereo: left and right as two mono items), reproducible with `seed`, `progress(step,
         total)` after every diffusion model call."""
         tokens = self._check_tokens(tokens)
-        self._check_decoder(decoder)
+        o = make_options(decoder=decoder, seed=seed)
         C = self.audio_channels
         codes = rearrange(tokens.to(self.device), "b (q c) t -> (b c) q t", c=C)  # stereo: L0 R0 L1 R1 ...
         if decoder == "mbd":
-            generator = torch.Generator().manual_seed(self._check_seed(seed))  # MBD draws its noise on the CPU
+            generator = torch.Generator().manual_seed(seed_of(o))  # MBD draws its noise on the CPU
             audio = self.mbd.decode(codes, self.codec, generator, progress)
         elif tokens.shape[-1] > (chunk := max(DECODE_CHUNK // codes.shape[0], 16)) and self.can_stream:
             return self._decode_chunked(tokens, chunk)
@@ -184,128 +181,59 @@ class MusicGen:
         release_free_memory()  # glibc keeps the chunks' freed buffers otherwise (~0.25 GB)
         return audio
 
-    def generate(
-        self,
-        prompts: str | Sequence[str],
-        duration: float,
-        *,
-        top_k: int = 250,
-        top_p: float = 0.0,
-        temperature: float = 1.0,
-        cfg_coef: float = 3.0,
-        seed: int | None = None,
-        progress: Progress | None = None,
-        melody: tuple[object, int] | None = None,
-        extend_stride: float = EXTEND_STRIDE,
-        decoder: str = "encodec",
-    ) -> GenerationOutput:
+    def generate(self, prompts: str | Sequence[str], duration: float | None = None, *,
+                 options: GenerationOptions | None = None, progress: Progress | None = None,
+                 **changes: Any) -> GenerationOutput:
         """Generate `duration` seconds (up to 300) of music for each prompt ("" = unconditional).
 
-        temperature 0 is greedy; top_p > 0 overrides top_k; `seed` makes the result reproducible (the
-        seed used is returned either way); `progress(step, total)` is called after every decode step.
-        `melody=(wave, sample_rate)` (melody checkpoints only): a tensor or numpy array [S], [C, S] or
-        [B, C, S] (one tune for every prompt, or one per prompt), any rate and channel count. Beyond 30 s
-        the piece is made window by window, each new 30 s window prompted with the last
-        30 - extend_stride seconds of the previous one. decoder="mbd": the tokens become audio through
-        multi-band diffusion (`out.audio_encodec` keeps the EnCodec version; progress covers both stages)."""
-        return self._finish(self.stream(prompts, duration, top_k=top_k, top_p=top_p, temperature=temperature,
-                                         cfg_coef=cfg_coef, seed=seed, melody=melody, extend_stride=extend_stride,
-                                         decoder=decoder, progress=progress), progress)
+        The keywords are `GenerationOptions`' fields (options.py), on top of `options` if given: top_k,
+        top_p (> 0 overrides top_k), temperature (0 = greedy), cfg_coef, seed (the seed used is returned
+        either way), melody=(wave, sample_rate) (melody checkpoints: a tensor or array [S], [C, S] or
+        [B, C, S], one tune for every prompt or one per prompt, any rate), continue_from=(wave, sample_rate)
+        (see `generate_continuation`), extend_stride (beyond 30 s the piece is made window by window, each
+        new 30 s window prompted with the last 30 - extend_stride seconds of the previous one), decoder
+        ("mbd": multi-band diffusion; `out.audio_encodec` keeps the EnCodec version). `progress(step,
+        total)` is called after every decode (and diffusion) step."""
+        return self._finish(self.stream(prompts, duration, options=options, progress=progress, **changes), progress)
 
-    def generate_continuation(
-        self,
-        prompt_audio: object,
-        prompt_sample_rate: int,
-        prompts: str | Sequence[str],
-        duration: float,
-        *,
-        top_k: int = 250,
-        top_p: float = 0.0,
-        temperature: float = 1.0,
-        cfg_coef: float = 3.0,
-        seed: int | None = None,
-        progress: Progress | None = None,
-        melody: tuple[object, int] | None = None,
-        extend_stride: float = EXTEND_STRIDE,
-        decoder: str = "encodec",
-    ) -> GenerationOutput:
+    def generate_continuation(self, prompt_audio: object, prompt_sample_rate: int, prompts: str | Sequence[str],
+                              duration: float | None = None, **kwargs: Any) -> GenerationOutput:
         """Continue `prompt_audio` ([S], [C, S] or [B, C, S], any rate, shorter than 30 s): it is encoded
         with EnCodec and the music goes on from it. The output holds the (re-encoded) prompt followed by
-        the continuation; `duration` counts the whole result."""
-        return self._finish(self.stream(prompts, duration, top_k=top_k, top_p=top_p, temperature=temperature,
-                                         cfg_coef=cfg_coef, seed=seed, melody=melody, extend_stride=extend_stride,
-                                         continue_from=(prompt_audio, prompt_sample_rate), decoder=decoder,
-                                         progress=progress), progress)
+        the continuation; `duration` counts the whole result. Keywords as `generate`."""
+        return self.generate(prompts, duration, continue_from=(prompt_audio, prompt_sample_rate), **kwargs)
 
-    def stream(
-        self,
-        prompts: str | Sequence[str],
-        duration: float,
-        *,
-        top_k: int = 250,
-        top_p: float = 0.0,
-        temperature: float = 1.0,
-        cfg_coef: float = 3.0,
-        seed: int | None = None,
-        melody: tuple[object, int] | None = None,
-        extend_stride: float = EXTEND_STRIDE,
-        continue_from: tuple[object, int] | None = None,
-        decoder: str = "encodec",
-        progress: Progress | None = None,
-        decode: bool = True,
-    ) -> Iterator[StreamStep | GenerationOutput]:
-        """`generate` (or, with `continue_from=(wave, sample_rate)`, `generate_continuation`) as an
-        iterator: a `StreamStep` after every decode step with the frames of the piece complete so far,
-        then the `GenerationOutput`. Everything is validated at the first `next()`; stop iterating to
-        cancel. With decoder="mbd" the diffusion steps are reported through `progress(step, total)` (the
-        totals of the StreamSteps include them). decode=False skips the final EnCodec decode (the output's
-        `audio`, or with "mbd" its `audio_encodec`, is then None), for callers that decode the StreamSteps as
-        they come (streaming.StreamDecoder)."""
+    def stream(self, prompts: str | Sequence[str], duration: float | None = None, *,
+               options: GenerationOptions | None = None, progress: Progress | None = None, decode: bool = True,
+               **changes: Any) -> Iterator[StreamStep | GenerationOutput]:
+        """`generate` as an iterator: a `StreamStep` after every decode step with the frames of the piece
+        complete so far, then the `GenerationOutput`. Everything is validated at the first `next()`; stop
+        iterating to cancel. With decoder="mbd" the diffusion steps are reported through `progress(step,
+        total)` (the totals of the StreamSteps include them). decode=False skips the final EnCodec decode (the
+        output's `audio`, or with "mbd" its `audio_encodec`, is then None), for callers that decode the
+        StreamSteps as they come (streaming.StreamDecoder)."""
+        o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
         prompts = self._check_prompts(prompts)
-        frames = self._check_duration(duration)
-        params = self._check_sampling(top_k, top_p, temperature, cfg_coef)
-        seed = self._check_seed(seed)
-        self._check_decoder(decoder)
-        B, hop = len(prompts), self.cfg.codec.hop_length
-        wave = self._melody_wave(melody, B, frames / self.frame_rate)
-        head = None
-        if continue_from is not None:
-            if not isinstance(continue_from, (tuple, list)) or len(continue_from) != 2:
-                raise InvalidInputError("continue_from must be a (wave, sample_rate) pair")
-            audio = prepare_prompt_audio(continue_from[0], continue_from[1], B, self.audio_channels,
-                                         self.sample_rate, WINDOW)
-            if frames_of(audio.shape[-1], hop) >= frames:
-                raise InvalidInputError(f"duration {duration} s must be longer than the prompt audio "
-                                        f"({audio.shape[-1] / self.sample_rate:.2f} s)")
-        if not isinstance(extend_stride, (int, float)) or not 0 < extend_stride <= WINDOW:
-            raise InvalidInputError(f"extend_stride must be in (0, {WINDOW:g}] seconds, got {extend_stride!r}")
-        if continue_from is not None:
-            codes = self.codec.encode(audio.to(self.device))  # [B * C, Q, T]
-            head = rearrange(codes, "(b c) q t -> b (q c) t", b=B)  # stereo: L0 R0 L1 R1 ...
-        window, stride = round(WINDOW * self.frame_rate), round(extend_stride * self.frame_rate)
-        plan = plan_windows(frames, window, stride, 0 if head is None else head.shape[-1])
+        frames, B, seed = self._frames(o.duration), len(prompts), seed_of(o)
+        wave = melody_wave(self.chroma, o.melody, B, frames / self.frame_rate, self.name)
+        head = self._encode_head(o.continue_from, B, frames, o.duration)
+        window, stride = round(WINDOW * self.frame_rate), round(o.extend_stride * self.frame_rate)
+        plan = plan_windows(frames, window, stride, head.shape[-1])
         generator = torch.Generator(self.device).manual_seed(seed)
         text, mask = self.encode_text(prompts)
-        delays, maxd = self.cfg.lm.delays, max(self.cfg.lm.delays)
-        lm_total = sum(w.new + maxd for w in plan)
-        mbd = self.mbd if decoder == "mbd" else None  # fetched before the long part, so a download error is early
+        lm_total = sum(w.new + max(self.cfg.lm.delays) for w in plan)
+        mbd = self.mbd if o.decoder == "mbd" else None  # fetched before the long part, so a download error is early
         total = lm_total + (mbd.total_steps if mbd is not None else 0)
-        piece = head if head is not None else torch.zeros(B, self.num_codebooks, 0, dtype=torch.long,
-                                                          device=self.device)
-        done = 0
-        for w in plan:
-            prompt = piece[..., w.offset : w.offset + w.prompt] if w.prompt else None
-            chroma = self._window_chroma(wave, B, w, len(plan) > 1)
-            seq = None
-            for step, _, seq in iter_steps(self.lm, text, mask, w.frames, params, generator, chroma,
-                                           self.step_fn, prompt):
-                n = complete_frames(step, delays, w.frames)
-                tokens = torch.cat([piece, undelay(seq, delays, n)[..., w.prompt :]], dim=-1)
-                yield StreamStep(done + step - w.prompt, total, tokens.cpu())
-            assert seq is not None
-            piece = torch.cat([piece, undelay(seq, delays, w.frames)[..., w.prompt :]], dim=-1)
-            done += w.new + maxd
-        del seq
+        params = SamplingParams(o.top_k, float(o.top_p), float(o.temperature), float(o.cfg_coef))
+
+        def chroma_of(w: Window) -> torch.Tensor | None:
+            if self.chroma is None:
+                return None
+            return window_chroma(self.chroma, wave, B, w, len(plan) > 1, self.frame_rate, WINDOW).to(self.device)
+
+        piece = head
+        for done, piece in run_windows(self.lm, plan, text, mask, params, generator, chroma_of, head, self.step_fn):
+            yield StreamStep(done, total, piece.cpu())
         release_free_memory()  # the KV cache's pages go back to the OS before the decoder needs its own
         audio = self.decode(piece) if decode else None
         if mbd is None:
@@ -324,31 +252,16 @@ class MusicGen:
                 progress(event.step, event.total)
         raise AssertionError("stream ended without an output")
 
-    def _melody_wave(self, melody: tuple[object, int] | None, batch: int, seconds: float) -> torch.Tensor | None:
-        """The user's melody as mono audio at the model rate [N, S] (what the piece needs of it), or None."""
-        if self.chroma is None:
-            if melody is not None:
-                raise InvalidInputError(f"{self.name or 'this checkpoint'} has no melody conditioning: use a melody "
-                                        "checkpoint such as facebook/musicgen-melody")
-            return None
-        if melody is None:
-            return None
-        if not isinstance(melody, (tuple, list)) or len(melody) != 2:
-            raise InvalidInputError("melody must be a (wave, sample_rate) pair")
-        return self.chroma.prepare(melody[0], melody[1], batch, max(seconds, self.chroma.cfg.max_seconds))
-
-    def _window_chroma(self, wave: torch.Tensor | None, batch: int, w: Window, windowed: bool) -> torch.Tensor | None:
-        """One-hot chroma [B, chroma_length, 12] for window `w` (None for text-only checkpoints). In a
-        multi-window piece the melody is looped over the whole piece and each window gets its own span."""
-        if self.chroma is None:
-            return None
-        if wave is None:
-            return self.chroma.null(batch).to(self.device)
-        if windowed:
-            rate = self.chroma.cfg.sample_rate
-            start = round(w.offset / self.frame_rate * rate)
-            wave = loop_audio(wave, start, round(WINDOW * rate))
-        return self.chroma.prefix(wave, batch).to(self.device)
+    def _encode_head(self, clip: Clip | None, batch: int, frames: int, duration: float) -> torch.Tensor:
+        """The frames the piece starts with [B, K, P]: the user's audio to continue, encoded (P = 0 without)."""
+        if clip is None:
+            return torch.zeros(batch, self.num_codebooks, 0, dtype=torch.long, device=self.device)
+        audio = prepare_prompt_audio(clip[0], clip[1], batch, self.audio_channels, self.sample_rate, WINDOW)
+        if frames_of(audio.shape[-1], self.cfg.codec.hop_length) >= frames:
+            raise InvalidInputError(f"duration {duration} s must be longer than the prompt audio "
+                                    f"({audio.shape[-1] / self.sample_rate:.2f} s)")
+        codes = self.codec.encode(audio.to(self.device))  # [B * C, Q, T]
+        return rearrange(codes, "(b c) q t -> b (q c) t", b=batch)  # stereo: L0 R0 L1 R1 ...
 
     # ---------------------------------------------------------------- validation
     @staticmethod
@@ -362,47 +275,11 @@ class MusicGen:
                 raise InvalidInputError(f"prompt {i} is a {type(p).__name__}, not a string")
         return list(prompts)
 
-    @staticmethod
-    def _check_decoder(decoder: str) -> None:
-        if decoder not in DECODERS:
-            raise InvalidInputError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-
-    @staticmethod
-    def _check_seed(seed: int | None) -> int:
-        if seed is None:
-            return secrets.randbits(63)
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-            raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-        return seed
-
-    def _check_duration(self, duration: float) -> int:
-        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):
-            raise InvalidInputError(f"duration must be a finite number of seconds, got {duration!r}")
-        if duration <= 0:
-            raise InvalidInputError(f"duration must be positive, got {duration}")
-        if duration > self.max_duration:
-            raise InvalidInputError(f"duration {duration} s is beyond the {self.max_duration:g} s limit")
+    def _frames(self, duration: float) -> int:
         frames = round(duration * self.frame_rate)
         if frames < 1:
             raise InvalidInputError(f"duration {duration} s is shorter than one frame ({1 / self.frame_rate} s)")
         return frames
-
-    @staticmethod
-    def _check_sampling(top_k: int, top_p: float, temperature: float, cfg_coef: float) -> SamplingParams:
-        def number(name: str, v: object) -> float:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise InvalidInputError(f"{name} must be a finite number, got {v!r}")
-            return float(v)
-
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise InvalidInputError(f"top_k must be a non-negative integer (0 = off), got {top_k!r}")
-        if not 0.0 <= number("top_p", top_p) <= 1.0:
-            raise InvalidInputError(f"top_p must be in [0, 1] (0 = off), got {top_p}")
-        if number("temperature", temperature) < 0:
-            raise InvalidInputError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if number("cfg_coef", cfg_coef) < 0:
-            raise InvalidInputError(f"cfg_coef must be >= 0, got {cfg_coef}")
-        return SamplingParams(top_k, float(top_p), float(temperature), float(cfg_coef))
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .options import Clip, GenerationOptions, options
 from .pipeline import GenerationOutput, MusicGen, StreamStep
 from .streaming import StreamDecoder
 from .studio import Request, fresh_seed
@@ -57,21 +58,13 @@ class Result:
 
 
 Event = Progress | Chunk | Result
-Clip = tuple[np.ndarray, int]  # user audio: ([channels, samples] float32, sample rate)
 
 
-def engine_kwargs(req: Request, seed: int, melody: Clip | None, continuation: Clip | None = None) -> dict:
-    """`MusicGen.stream` keyword arguments; melody / continuation / decoder only when used, so an engine
-    without them is called exactly as before."""
-    kwargs: dict = dict(top_k=req.top_k, top_p=req.top_p, temperature=req.temperature, cfg_coef=req.cfg_coef,
-                        seed=seed)
-    if melody is not None:
-        kwargs["melody"] = melody
-    if continuation is not None:
-        kwargs["continue_from"] = continuation
-    if req.decoder != "encodec":
-        kwargs["decoder"] = req.decoder
-    return kwargs
+def generation_options(req: Request, seed: int, melody: Clip | None, continuation: Clip | None = None,
+                       ) -> GenerationOptions:
+    """The engine's options for a web request (its uploads already read)."""
+    return options(duration=req.duration, top_k=req.top_k, top_p=req.top_p, temperature=req.temperature,
+                   cfg_coef=req.cfg_coef, seed=seed, melody=melody, continue_from=continuation, decoder=req.decoder)
 
 
 def ready_to_play(buffered: float, remaining: float, rate: float, margin: float) -> bool:
@@ -93,7 +86,7 @@ class _Stopped(Exception):
 _END = object()
 
 
-def _engine_items(mg: MusicGen, req: Request, kwargs: dict) -> Iterator[object]:
+def _engine_items(mg: MusicGen, prompt: str, o: GenerationOptions, decode: bool) -> Iterator[object]:
     """The engine's steps, produced in a worker thread: StreamStep, ("tick", step, total) from the progress
     callback, GenerationOutput. Closing this iterator stops the worker at its next step."""
     items: queue.Queue = queue.Queue()
@@ -104,13 +97,12 @@ def _engine_items(mg: MusicGen, req: Request, kwargs: dict) -> Iterator[object]:
             raise _Stopped
         items.put(("tick", step, total))
 
-    if req.decoder != "encodec":
-        kwargs = {**kwargs, "progress": tick}
+    progress = tick if o.decoder != "encodec" else None  # the diffusion decoder's steps after the tokens
 
     def work() -> None:
         steps = None
         try:
-            steps = mg.stream(req.prompt, req.duration, **kwargs)
+            steps = mg.stream(prompt, options=o, progress=progress, decode=decode)
             for item in steps:
                 items.put(item)
                 if stop.is_set():
@@ -165,11 +157,10 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     first: tuple[float, int] | None = None  # (time, frames) at the first decode step: the speed reference
     lm_steps = 0  # decode steps, where the engine's progress ticks for the diffusion decoder start
     out: GenerationOutput | None = None
-    kwargs = engine_kwargs(req, seed, melody, continuation)
-    if decoder is not None:
-        kwargs["decode"] = False  # the StreamDecoder has every sample by the end: no second EnCodec pass
+    o = generation_options(req, seed, melody, continuation)
     decoded: list[np.ndarray] = []  # every sample the StreamDecoder produced, sent or not
-    for item in _engine_items(mg, req, kwargs):
+    # with a StreamDecoder every sample is decoded on the way: no second EnCodec pass at the end
+    for item in _engine_items(mg, req.prompt, o, decode=decoder is None):
         if isinstance(item, tuple):  # ("tick", step, total): the diffusion decoder's steps after the tokens
             yield Progress("diffusion", item[1] - lm_steps, item[2] - lm_steps)
         elif isinstance(item, GenerationOutput):

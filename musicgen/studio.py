@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InvalidInputError
+from .options import DECODERS, MAX_DURATION
 from .pipeline import MusicGen, default_device
 
 SIZES = ("small", "medium", "large")
-DECODERS = {"encodec": "EnCodec", "mbd": "Multi-band diffusion"}
-MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 1.0, 300.0, 10.0  # beyond 30 s: window by window
+DECODER_LABELS = {"encodec": "EnCodec", "mbd": "Multi-band diffusion"}  # options.DECODERS, as the page names them
+MIN_DURATION = 1.0  # the page's shortest piece (the engine takes any whole number of frames)
 MAX_PROMPT_CHARS = 2000  # T5 reads at most 512 tokens; checked again in tokens once the model is loaded
 MAX_SEED = 2**53 - 1  # seeds travel through JSON and JavaScript numbers: keep them exact there
 RANDOM_SEED_BITS = 32  # fresh seeds are short enough to read and type

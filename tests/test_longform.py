@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import PROMPTS, transformers_tokens
 
-import musicgen.pipeline as pipeline_mod
+import musicgen.longform as longform_mod
 from musicgen import InvalidInputError, MusicGen
 from musicgen.longform import Window, plan_windows
 
@@ -73,7 +73,7 @@ def test_continuation_resamples_and_errors(small: MusicGen) -> None:
 def long_piece(small: MusicGen) -> dict:
     """A 75 s piece with every window's prompt and output captured, and the progress calls."""
     windows: list[tuple[torch.Tensor | None, torch.Tensor, int]] = []
-    original = pipeline_mod.iter_steps
+    original = longform_mod.iter_steps
 
     def spy(lm, text, mask, frames, params, generator, chroma, step_fn, prompt):
         seq = None
@@ -85,11 +85,11 @@ def long_piece(small: MusicGen) -> dict:
         windows.append((prompt, undelay(seq, lm.cfg.delays, frames), frames))
 
     calls: list[tuple[int, int]] = []
-    pipeline_mod.iter_steps = spy
+    longform_mod.iter_steps = spy
     try:
         out = small.generate(["ambient drone"], 75, seed=5, progress=lambda s, t: calls.append((s, t)))
     finally:
-        pipeline_mod.iter_steps = original
+        longform_mod.iter_steps = original
     return {"out": out, "windows": windows, "calls": calls}
 
 

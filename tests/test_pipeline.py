@@ -28,11 +28,11 @@ def test_output_contract(small: MusicGen) -> None:
 
 
 def test_defaults_are_audiocraft_s() -> None:
-    import inspect
+    from musicgen.options import GenerationOptions
 
-    kw = inspect.signature(MusicGen.generate).parameters
-    assert (kw["top_k"].default, kw["top_p"].default, kw["temperature"].default, kw["cfg_coef"].default) == (
-        250, 0.0, 1.0, 3.0)
+    o = GenerationOptions()  # what generate / stream use for every keyword not given
+    assert (o.top_k, o.top_p, o.temperature, o.cfg_coef, o.extend_stride, o.decoder) == (
+        250, 0.0, 1.0, 3.0, 18.0, "encodec")
 
 
 BAD_INPUTS = [

@@ -1,0 +1,98 @@
+"""One generation's options: a frozen dataclass, its defaults and every check, in one place.
+
+Everything that shapes a generation besides the prompts (sampling, seed, duration, melody, continuation,
+window stride, decoder) is a `GenerationOptions`. `MusicGen.generate(prompts, duration, **kwargs)` is
+`options(None, duration=duration, **kwargs)`, the CLI and the web app build one, and `verify` is the only place
+a value is checked (the web app's request parsing turns form fields into numbers first, then calls it).
+Defaults are audiocraft's (MusicGen.set_generation_params, musicgen_app.py).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import InvalidInputError
+
+DECODERS = ("encodec", "mbd")  # EnCodec's own decoder, or multi-band diffusion
+WINDOW = 30.0  # seconds: the window the released models were trained on (audiocraft max_duration)
+EXTEND_STRIDE = 18.0  # seconds each further window adds (audiocraft's default extend_stride)
+MAX_DURATION = 300.0  # longest piece: made window by window beyond WINDOW
+DEFAULT_DURATION = 10.0  # audiocraft's demo default
+CARD = 2048  # tokens per codebook of every MusicGen checkpoint: a larger top_k is the whole vocabulary
+SEED_BITS = 63  # seeds are non-negative int64 (torch.Generator.manual_seed)
+
+Clip = tuple[Any, int]  # (wave, sample_rate): a tensor or array [S], [C, S] or [B, C, S], any rate
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    duration: float = DEFAULT_DURATION  # seconds of audio, up to MAX_DURATION (window by window beyond WINDOW)
+    top_k: int = 250  # sample among the k most likely tokens; 0 = off
+    top_p: float = 0.0  # nucleus mass; > 0 overrides top_k
+    temperature: float = 1.0  # 0 = greedy
+    cfg_coef: float = 3.0  # classifier-free guidance
+    seed: int | None = None  # None: a fresh random seed (returned with the output)
+    melody: Clip | None = None  # the tune to follow (melody checkpoints)
+    continue_from: Clip | None = None  # audio the piece starts with and goes on from (shorter than WINDOW)
+    extend_stride: float = EXTEND_STRIDE  # beyond WINDOW: seconds each new window adds
+    decoder: str = "encodec"  # one of DECODERS
+
+
+NAMES = tuple(f.name for f in fields(GenerationOptions))
+
+
+def options(base: GenerationOptions | None = None, **changes: Any) -> GenerationOptions:
+    """`base` (default: the defaults) with `changes`, verified: whisper's `replace(options, **kwargs)`."""
+    if unknown := sorted(set(changes) - set(NAMES)):
+        raise InvalidInputError(f"unknown generation option(s) {', '.join(unknown)}; the options are "
+                                f"{', '.join(NAMES)}")
+    return verify(replace(base or GenerationOptions(), **changes))
+
+
+def _number(name: str, value: object, lo: float = 0.0, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidInputError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
+    return float(value)
+
+
+def _pair(name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, (tuple, list)) or len(value) != 2):
+        raise InvalidInputError(f"{name} must be a (wave, sample_rate) pair")
+
+
+def verify(o: GenerationOptions) -> GenerationOptions:
+    """Every check of the options that does not depend on the model (the model's own: melody support and
+    the prompt audio's length, in the pipeline). Returns `o`."""
+    d = o.duration
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
+        raise InvalidInputError(f"duration must be a finite number of seconds, got {d!r}")
+    if d <= 0:
+        raise InvalidInputError(f"duration must be positive, got {d}")
+    if d > MAX_DURATION:
+        raise InvalidInputError(f"duration {d} s is beyond the {MAX_DURATION:g} s limit")
+    if isinstance(o.top_k, bool) or not isinstance(o.top_k, int) or o.top_k < 0:
+        raise InvalidInputError(f"top_k must be a non-negative integer (0 = off), got {o.top_k!r}")
+    _number("top_p", o.top_p, 0.0, 1.0)
+    _number("temperature", o.temperature)
+    _number("cfg_coef", o.cfg_coef)
+    if o.seed is not None and (isinstance(o.seed, bool) or not isinstance(o.seed, int)
+                               or not 0 <= o.seed < 2**SEED_BITS):
+        raise InvalidInputError(f"seed must be an integer in [0, 2**{SEED_BITS}), got {o.seed!r}")
+    _pair("melody", o.melody)
+    _pair("continue_from", o.continue_from)
+    if isinstance(o.extend_stride, bool) or not isinstance(o.extend_stride, (int, float)) or not (
+            0 < o.extend_stride <= WINDOW):
+        raise InvalidInputError(f"extend_stride must be in (0, {WINDOW:g}] seconds, got {o.extend_stride!r}")
+    if o.decoder not in DECODERS:
+        raise InvalidInputError(f"decoder must be one of {DECODERS}, got {o.decoder!r}")
+    return o
+
+
+def seed_of(o: GenerationOptions) -> int:
+    """The seed that reproduces this generation: the given one, or a fresh one."""
+    return secrets.randbits(SEED_BITS) if o.seed is None else o.seed

@@ -1,12 +1,15 @@
-"""Session fixtures: tiny random checkpoints in both file layouts, and our engine loaded from them."""
+"""Shared fixtures: tiny random checkpoints in both file layouts and our engine loaded from them, a stereo and
+melody checkpoints with their engines, one-thread torch for the tiny diffusion networks, and the web app."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.checkpoints import build_checkpoint
+from helpers.melody_checkpoints import build_melody_checkpoint
 
 from musicgen import MusicGen
 
@@ -47,6 +50,44 @@ def mg(engines: dict[str, MusicGen], layout: str) -> MusicGen:
 def small(engines: dict[str, MusicGen]) -> MusicGen:
     """One engine for tests that do not depend on the file layout."""
     return engines["current"]
+
+
+@pytest.fixture(scope="session")
+def stereo_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, MusicGen]:
+    """A stereo checkpoint (8 codebooks, L0 R0 L1 R1 ...): transformers' model and our engine. (Not named
+    `stereo`: tests use that name for a parameter, which would hide the fixture from the fixtures they use.)"""
+    ref, folder = build_checkpoint(tmp_path_factory.mktemp("stereo") / "ckpt", layout="hub", seed=5,
+                                   audio_channels=2)
+    return ref, MusicGen.from_pretrained(Path(folder), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def melody_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[object, MusicGen]]:
+    """Melody checkpoints: "current" and "hub" layouts (same weights) and a stereo one -> (transformers' model,
+    our engine)."""
+    root = tmp_path_factory.mktemp("melody")
+    out = {}
+    for name, layout, channels in (("current", "current", 1), ("hub", "hub", 1), ("stereo", "hub", 2)):
+        ref, folder = build_melody_checkpoint(root / name, layout=layout, seed=7, audio_channels=channels)
+        out[name] = (ref, MusicGen.from_pretrained(Path(folder), device="cpu"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def mel(melody_models: dict[str, tuple[object, MusicGen]]) -> MusicGen:
+    """One melody engine for tests that do not depend on the file layout."""
+    return melody_models["current"][1]
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """For a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`): the diffusion fixture
+    networks are tiny, thousands of small ops per decode, which two threads on a busy 2-core machine run ~10x
+    slower than one (each parallel region waits for a descheduled thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def transformers_tokens(ref, ids: torch.Tensor, mask: torch.Tensor, frames: int, **kwargs) -> torch.Tensor:

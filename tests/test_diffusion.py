@@ -55,14 +55,7 @@ BANDS = [(combo, i) for combo in COMBOS for i in range(4)]
 UNET_TOL, PROCESSOR_TOL, DECODE_TOL = 1e-5, 1e-5, 1e-4  # max abs, float32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """The fixture networks are tiny: thousands of small ops per decode, which two threads on a busy 2-core
-    machine run ~10x slower than one (each parallel region waits for a descheduled thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.py
 
 
 @pytest.fixture(scope="module")

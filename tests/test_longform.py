@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -46,14 +45,8 @@ def test_continuation_matches_transformers(small: MusicGen, ref_models, stereo: 
 
 
 @pytest.fixture(scope="module")
-def ref_models(checkpoints, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from helpers.checkpoints import build_checkpoint
-
-    ref_s, folder_s = build_checkpoint(tmp_path_factory.mktemp("cont") / "stereo", layout="current", seed=2,
-                                       audio_channels=2)
-    ref, folder = checkpoints["current"]
-    return {"mono": (ref, MusicGen.from_pretrained(folder, device="cpu")),
-            "stereo": (ref_s, MusicGen.from_pretrained(Path(folder_s), device="cpu"))}
+def ref_models(checkpoints, small: MusicGen, stereo_pair: tuple[object, MusicGen]) -> dict:
+    return {"mono": (checkpoints["current"][0], small), "stereo": stereo_pair}
 
 
 def test_continuation_resamples_and_errors(small: MusicGen) -> None:
@@ -133,20 +126,3 @@ def test_positions_stay_within_the_model(tmp_path_factory: pytest.TempPathFactor
     with pytest.warns(UserWarning, match="keeping the first"):
         mg.generate([words], 31, seed=0, melody=(torch.sin(torch.arange(SR) * 2 * math.pi * 440 / SR), SR))
     assert max(highest) <= mg.cfg.lm.max_positions
-
-
-def test_cli_continue(checkpoints, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    import soundfile as sf
-
-    head = tmp_path / "head.wav"
-    sf.write(str(head), noise(0.5).T.numpy(), SR)
-    out = tmp_path / "out.wav"
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "musicgen", "jazz", "--duration", "1", "--model",
-                           str(checkpoints["current"][1]), "--continue", str(head), "-o", str(out), "--seed", "3"],
-                          cwd=root, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert sf.info(str(out)).frames == 50 * 640

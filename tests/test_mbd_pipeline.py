@@ -5,7 +5,6 @@ each channel is compared with audiocraft's own MultiBandDiffusion (tests/helpers
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,7 @@ from helpers.mbd_checkpoints import build_mbd_checkpoint
 from musicgen import InvalidInputError, MusicGen
 from musicgen.diffusion import MultiBandDiffusion
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny networks: one thread is ~10x faster than two on a busy 2-core machine (see test_diffusion.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
-"""Uploads under hostile files (issue 12): what any accepted upload may cost in memory, and what is refused.
+"""musicgen/media.py, the app's audio files: 16-bit WAV, melody and continuation uploads, the picture.
+
+Uploads under hostile files (issue 12): what any accepted upload may cost in memory, and what is refused.
 
 The hostile files are written with soundfile; each load runs in a child process whose peak RSS growth
 (VmHWM after minus VmRSS before, with the high-water mark reset) is measured over the load AND what the
@@ -7,6 +9,7 @@ for audio to continue, longform.prepare_prompt_audio for a stereo model (left, r
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -19,6 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from PIL import Image
 
 from musicgen import InvalidInputError, dsp, media
 
@@ -280,3 +284,66 @@ def test_ffmpeg_fallback_decodes(tmp_path: Path) -> None:
     up = media.load_continuation(m4a)
     assert up.sample_rate == 32000 and up.wave.shape[0] == 1 and abs(up.wave.shape[1] - 3 * 32000) < 3000
     assert 0.25 < np.abs(up.wave).max() <= 1.0
+
+
+# ------------------------------------------------------------------------------------------- WAV, uploads, picture
+def test_wav_bytes_round_trip() -> None:
+    audio = np.stack([np.linspace(-1, 1, 1000), np.zeros(1000)]).astype(np.float32)
+    data, sr = sf.read(io.BytesIO(media.wav_bytes(audio, 32000)), dtype="float32", always_2d=True)
+    assert sr == 32000 and data.shape == (1000, 2)
+    assert np.abs(data.T - audio).max() < 1e-4
+
+
+def test_picture(tmp_path) -> None:
+    t = np.arange(32000 * 2) / 32000
+    sweep = (0.5 * np.sin(2 * np.pi * (200 + 1000 * t) * t)).astype(np.float32)
+    for channels in (1, 2):
+        img = media.render_picture(np.stack([sweep] * channels), 32000)
+        assert isinstance(img, Image.Image) and img.width == 960
+        pixels = np.asarray(img)
+        assert pixels.std() > 10  # something was drawn
+    img.save(tmp_path / "pic.png")
+    empty = media.render_picture(np.zeros((1, 0), np.float32), 32000)
+    assert empty.height > 0
+
+
+def test_melody_files(tmp_path) -> None:
+    t = np.arange(32000 * 40) / 32000
+    sf.write(str(tmp_path / "long.flac"), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 32000)
+    wave, sr = media.load_melody(tmp_path / "long.flac")
+    assert sr == 32000 and wave.shape == (1, 30 * 32000)  # only the first 30 s are read
+    sf.write(str(tmp_path / "short.wav"), np.full(3000, 0.5, np.float32), 32000)
+    with pytest.raises(InvalidInputError, match="only 0.09 s long"):
+        media.load_melody(tmp_path / "short.wav")
+    sf.write(str(tmp_path / "quiet.wav"), np.full(32000, 1e-4, np.float32), 32000)
+    with pytest.raises(InvalidInputError, match="silent"):
+        media.load_melody(tmp_path / "quiet.wav")
+    (tmp_path / "junk.mp3").write_bytes(b"\x00" * 1000)
+    with pytest.raises(InvalidInputError, match="cannot read the melody file junk.mp3"):
+        media.load_melody(tmp_path / "junk.mp3")
+    with pytest.raises(InvalidInputError, match="was not received"):
+        media.load_melody(tmp_path / "missing.wav")
+
+
+def test_audio_to_continue_files(tmp_path) -> None:
+    """Unlike a melody, a clip to continue is refused (not cut) when it does not fit the model's window."""
+    from musicgen.pipeline import WINDOW
+
+    assert media.CONTINUE_MAX_SECONDS == WINDOW
+    t = np.arange(int(32000 * 29.5)) / 32000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    sf.write(str(tmp_path / "fits.wav"), np.stack([tone, tone], axis=1), 32000)
+    wave, sr = media.load_continuation(tmp_path / "fits.wav")
+    assert sr == 32000 and wave.shape == (2, tone.shape[0])  # all of it, both channels
+    sf.write(str(tmp_path / "30s.flac"), np.zeros(30 * 32000, np.float32) + 0.1, 32000)
+    with pytest.raises(InvalidInputError, match="audio to continue is 30.0 s long; it must be shorter than 30 s"):
+        media.load_continuation(tmp_path / "30s.flac")
+    sf.write(str(tmp_path / "long.ogg"), np.zeros(45 * 16000, np.float32) + 0.1, 16000)
+    with pytest.raises(InvalidInputError, match="31.0 s or more long.*trim it"):
+        media.load_continuation(tmp_path / "long.ogg")
+    sf.write(str(tmp_path / "quiet.wav"), np.zeros(32000, np.float32), 32000)
+    with pytest.raises(InvalidInputError, match="audio to continue file quiet.wav is silent"):
+        media.load_continuation(tmp_path / "quiet.wav")
+    (tmp_path / "junk.wav").write_text("not audio")
+    with pytest.raises(InvalidInputError, match="cannot read the audio to continue file junk.wav"):
+        media.load_continuation(tmp_path / "junk.wav")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import PROMPTS, transformers_tokens
-from helpers.melody_checkpoints import build_melody_checkpoint
 from transformers import MusicgenMelodyFeatureExtractor
 
 from musicgen import InvalidInputError, MusicGen
@@ -25,21 +23,6 @@ def tone(freqs: list[float], seconds: float, sr: int = SR) -> torch.Tensor:
     """Consecutive sine tones, `seconds` each."""
     t = torch.arange(int(seconds * sr)) / sr
     return torch.cat([0.5 * torch.sin(2 * math.pi * f * t) for f in freqs])
-
-
-@pytest.fixture(scope="module")
-def melody_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[object, MusicGen]]:
-    root = tmp_path_factory.mktemp("melody")
-    out = {}
-    for name, layout, channels in (("current", "current", 1), ("hub", "hub", 1), ("stereo", "hub", 2)):
-        ref, folder = build_melody_checkpoint(root / name, layout=layout, seed=7, audio_channels=channels)
-        out[name] = (ref, MusicGen.from_pretrained(Path(folder), device="cpu"))
-    return out
-
-
-@pytest.fixture(scope="module")
-def mel(melody_models) -> MusicGen:
-    return melody_models["current"][1]
 
 
 @pytest.fixture(scope="module")
@@ -183,26 +166,3 @@ def test_bad_melodies(mel: MusicGen, wave, sr: int, message: str) -> None:
 def test_melody_on_a_text_only_checkpoint(small: MusicGen) -> None:
     with pytest.raises(InvalidInputError, match="no melody conditioning"):
         small.generate(["a"], 0.1, melody=(tone([440.0], 1.0), SR))
-
-
-def test_cli_melody_file(melody_models, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    import soundfile as sf
-
-    _, mg = melody_models["stereo"]
-    song = tmp_path / "tune.flac"
-    sf.write(str(song), np.stack([tone([440.0], 1.0, 22050).numpy()] * 2, axis=1), 22050)
-    out = tmp_path / "out.wav"
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "musicgen", "jazz", "--duration", "0.3", "--model", mg.name, "--melody", str(song),
-           "-o", str(out), "--seed", "2"]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert sf.info(str(out)).channels == 2
-    bad = tmp_path / "bad.wav"
-    bad.write_bytes(b"RIFF....not audio")
-    cmd[cmd.index(str(song))] = str(bad)
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "cannot read melody file" in proc.stderr

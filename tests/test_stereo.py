@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import torch
 from conftest import PROMPTS, transformers_tokens
-from helpers.checkpoints import build_checkpoint
 
 from musicgen import MusicGen
 
 FRAMES = 13
 
 
-@pytest.fixture(scope="module")
-def stereo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, MusicGen]:
-    ref, folder = build_checkpoint(tmp_path_factory.mktemp("stereo") / "ckpt", layout="hub", seed=5,
-                                   audio_channels=2)
-    return ref, MusicGen.from_pretrained(Path(folder), device="cpu")
-
-
-def test_stereo_config(stereo) -> None:
-    _, mg = stereo
+def test_stereo_config(stereo_pair: tuple[object, MusicGen]) -> None:
+    _, mg = stereo_pair
     assert mg.audio_channels == 2 and mg.num_codebooks == 8
     assert mg.cfg.lm.delays == (0, 0, 1, 1, 2, 2, 3, 3)
 
 
-def test_stereo_greedy_matches_transformers(stereo) -> None:
-    ref, mg = stereo
+def test_stereo_greedy_matches_transformers(stereo_pair: tuple[object, MusicGen]) -> None:
+    ref, mg = stereo_pair
     ids, mask = mg.tokenizer(PROMPTS)
     with torch.no_grad():
         want = ref.generate(input_ids=ids, attention_mask=mask.long(), do_sample=False, guidance_scale=3.0,

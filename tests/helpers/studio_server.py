@@ -27,8 +27,6 @@ from .fakehub import FakeHub
 from .mbd_checkpoints import build_mbd_checkpoint
 from .melody_checkpoints import build_melody_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
-
 MONO, STEREO, MELODY = "facebook/musicgen-small", "facebook/musicgen-stereo-small", "facebook/musicgen-melody"
 STEREO_MELODY = "facebook/musicgen-stereo-melody"
 MBD = "facebook/multiband-diffusion"

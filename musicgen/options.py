@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
+
+import torch
 
 from .errors import InvalidInputError
 
@@ -21,7 +24,6 @@ WINDOW = 30.0  # seconds: the window the released models were trained on (audioc
 EXTEND_STRIDE = 18.0  # seconds each further window adds (audiocraft's default extend_stride)
 MAX_DURATION = 300.0  # longest piece: made window by window beyond WINDOW
 DEFAULT_DURATION = 10.0  # audiocraft's demo default
-CARD = 2048  # tokens per codebook of every MusicGen checkpoint: a larger top_k is the whole vocabulary
 SEED_BITS = 63  # seeds are non-negative int64 (torch.Generator.manual_seed)
 
 Clip = tuple[Any, int]  # (wave, sample_rate): a tensor or array [S], [C, S] or [B, C, S], any rate
@@ -96,3 +98,30 @@ def verify(o: GenerationOptions) -> GenerationOptions:
 def seed_of(o: GenerationOptions) -> int:
     """The seed that reproduces this generation: the given one, or a fresh one."""
     return secrets.randbits(SEED_BITS) if o.seed is None else o.seed
+
+
+def check_prompts(prompts: str | Sequence[str]) -> list[str]:
+    """One prompt or a non-empty list of them ("" = unconditional)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise InvalidInputError("prompts must be a non-empty list of strings")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InvalidInputError(f"prompt {i} is a {type(p).__name__}, not a string")
+    return list(prompts)
+
+
+def check_tokens(tokens: torch.Tensor, codebooks: int, card: int) -> torch.Tensor:
+    """Codes to decode: [B, K, T] integers in [0, card), K the model's codebooks, T > 0 -> long."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
+        raise InvalidInputError("tokens must be a tensor of shape [B, K, T]")
+    if tokens.shape[1] != codebooks:
+        raise InvalidInputError(f"tokens have {tokens.shape[1]} codebooks, this model uses {codebooks}")
+    if tokens.is_floating_point() or tokens.is_complex():
+        raise InvalidInputError("tokens must be integers")
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= card):
+        raise InvalidInputError(f"tokens must be in [0, {card})")
+    if tokens.shape[-1] == 0:
+        raise InvalidInputError("tokens have no frames")
+    return tokens.long()

@@ -24,7 +24,7 @@ from .layout import QUANTIZE, dynamic_int8_available, int8_available
 from .lm import LM
 from .longform import Window, frames_of, melody_wave, plan_windows, prepare_prompt_audio, run_windows, window_chroma
 from .melody import ChromaExtractor
-from .options import MAX_DURATION, WINDOW, Clip, GenerationOptions, seed_of
+from .options import MAX_DURATION, WINDOW, Clip, GenerationOptions, check_prompts, check_tokens, seed_of
 from .options import options as make_options
 from .sampling import SamplingParams
 from .streaming import StreamDecoder, can_stream
@@ -159,7 +159,7 @@ class MusicGen:
         """tokens [B, K, T] -> audio [B, C, T * 640] float32 in [-1, 1] on the CPU. decoder "mbd": multi-band
         diffusion (stereo: left and right as two mono items), reproducible with `seed`, `progress(step,
         total)` after every diffusion model call."""
-        tokens = self._check_tokens(tokens)
+        tokens = check_tokens(tokens, self.num_codebooks, self.cfg.codec.codebook_size)
         o = make_options(decoder=decoder, seed=seed)
         C = self.audio_channels
         codes = rearrange(tokens.to(self.device), "b (q c) t -> (b c) q t", c=C)  # stereo: L0 R0 L1 R1 ...
@@ -194,7 +194,7 @@ class MusicGen:
         new 30 s window prompted with the last 30 - extend_stride seconds of the previous one), decoder
         ("mbd": multi-band diffusion; `out.audio_encodec` keeps the EnCodec version). `progress(step,
         total)` is called after every decode (and diffusion) step."""
-        return self._finish(self.stream(prompts, duration, options=options, progress=progress, **changes), progress)
+        return finish(self.stream(prompts, duration, options=options, progress=progress, **changes), progress)
 
     def generate_continuation(self, prompt_audio: object, prompt_sample_rate: int, prompts: str | Sequence[str],
                               duration: float | None = None, **kwargs: Any) -> GenerationOutput:
@@ -213,7 +213,7 @@ class MusicGen:
         output's `audio`, or with "mbd" its `audio_encodec`, is then None), for callers that decode the
         StreamSteps as they come (streaming.StreamDecoder)."""
         o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
-        prompts = self._check_prompts(prompts)
+        prompts = check_prompts(prompts)
         frames, B, seed = self._frames(o.duration), len(prompts), seed_of(o)
         wave = melody_wave(self.chroma, o.melody, B, frames / self.frame_rate, self.name)
         head = self._encode_head(o.continue_from, B, frames, o.duration)
@@ -243,15 +243,6 @@ class MusicGen:
         yield GenerationOutput(self.decode(piece, "mbd", seed=seed, progress=tick), piece.cpu(), self.sample_rate,
                                seed, audio_encodec=audio)
 
-    @staticmethod
-    def _finish(events: Iterator[StreamStep | GenerationOutput], progress: Progress | None) -> GenerationOutput:
-        for event in events:
-            if isinstance(event, GenerationOutput):
-                return event
-            if progress is not None:
-                progress(event.step, event.total)
-        raise AssertionError("stream ended without an output")
-
     def _encode_head(self, clip: Clip | None, batch: int, frames: int, duration: float) -> torch.Tensor:
         """The frames the piece starts with [B, K, P]: the user's audio to continue, encoded (P = 0 without)."""
         if clip is None:
@@ -263,33 +254,18 @@ class MusicGen:
         codes = self.codec.encode(audio.to(self.device))  # [B * C, Q, T]
         return rearrange(codes, "(b c) q t -> b (q c) t", b=batch)  # stereo: L0 R0 L1 R1 ...
 
-    # ---------------------------------------------------------------- validation
-    @staticmethod
-    def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not isinstance(prompts, Sequence) or len(prompts) == 0:
-            raise InvalidInputError("prompts must be a non-empty list of strings")
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise InvalidInputError(f"prompt {i} is a {type(p).__name__}, not a string")
-        return list(prompts)
-
     def _frames(self, duration: float) -> int:
         frames = round(duration * self.frame_rate)
         if frames < 1:
             raise InvalidInputError(f"duration {duration} s is shorter than one frame ({1 / self.frame_rate} s)")
         return frames
 
-    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
-            raise InvalidInputError("tokens must be a tensor of shape [B, K, T]")
-        if tokens.shape[1] != self.num_codebooks:
-            raise InvalidInputError(f"tokens have {tokens.shape[1]} codebooks, this model uses {self.num_codebooks}")
-        if tokens.is_floating_point() or tokens.is_complex():
-            raise InvalidInputError("tokens must be integers")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.codec.codebook_size):
-            raise InvalidInputError(f"tokens must be in [0, {self.cfg.codec.codebook_size})")
-        if tokens.shape[-1] == 0:
-            raise InvalidInputError("tokens have no frames")
-        return tokens.long()
+
+def finish(events: Iterator[StreamStep | GenerationOutput], progress: Progress | None) -> GenerationOutput:
+    """Run a `MusicGen.stream` to its output, reporting its steps to `progress`."""
+    for event in events:
+        if isinstance(event, GenerationOutput):
+            return event
+        if progress is not None:
+            progress(event.step, event.total)
+    raise AssertionError("stream ended without an output")

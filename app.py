@@ -32,7 +32,7 @@ import torch
 from gradio.exceptions import InvalidPathError
 
 from musicgen import DownloadError, MusicGen, MusicGenError, media, session, studio
-from musicgen.options import DEFAULT_DURATION, MAX_DURATION
+from musicgen.options import MAX_DURATION, GenerationOptions
 
 log = logging.getLogger("musicgen.app")
 
@@ -44,6 +44,7 @@ EXAMPLES = [
     "upbeat funk groove with slap bass and tight horn stabs, 110 bpm",
     "ambient drone with evolving pads and distant bells",
 ]
+D = GenerationOptions()  # the engine's defaults (audiocraft's), shown on the page and in the API
 PROGRESS_EVERY = 0.25  # seconds between progress updates to a client (also how soon a cancel is noticed)
 CSS = """
 #generate-row button { min-height: 3rem; }
@@ -211,167 +212,225 @@ def _hint(size: str, stereo: bool, melody: str | None, decoder: str = "encodec")
     return "  \n".join(line for line in lines if line)
 
 
-def build_demo(st: Studio) -> gr.Blocks:
-    with gr.Blocks(title="MusicGen studio", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
-        gr.Markdown("# MusicGen studio\nDescribe the music, press **Generate**, and listen while it is being made. "
-                    "Meta's [MusicGen](https://github.com/facebookresearch/audiocraft) models, run by a from-scratch "
-                    "PyTorch engine.")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=5):
-                prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, placeholder=EXAMPLES[0], autofocus=True)
-                with gr.Row(elem_id="generate-row"):
-                    generate_btn = gr.Button("Generate", variant="primary", scale=3)
-                    stop_btn = gr.Button("Stop", variant="stop", scale=1)
-                gr.Examples([[e] for e in EXAMPLES], inputs=[prompt], label="Examples (click to use)")
-                duration = gr.Slider(studio.MIN_DURATION, MAX_DURATION, value=DEFAULT_DURATION,
-                                     step=1, label="Duration (seconds)")
-                with gr.Row():
-                    model_size = gr.Radio(list(studio.SIZES), value="small", label="Model size", scale=3)
-                    stereo = gr.Checkbox(value=False, label="Stereo", scale=1, min_width=100)
-                decoder = gr.Radio([(v, k) for k, v in studio.DECODER_LABELS.items()], value="encodec", label="Decoder")
-                model_hint = gr.Markdown(_hint("small", False, None))
-                melody = gr.Audio(sources=["upload", "microphone"], type="filepath",
-                                  label="Melody (optional: the tune to follow, first 30 s are used)")
-                continue_audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
-                                          label="Continue this audio (optional, under 30 s, part of the duration)",
-                                          elem_id="continue")
-                with gr.Accordion("Advanced", open=False):
-                    top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k (0 = off)")
-                    top_p = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Top-p (0 = off; above 0 replaces top-k)")
-                    temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0 = greedy)")
-                    cfg_coef = gr.Slider(0.0, 10.0, value=3.0, step=0.1, label="Classifier-free guidance")
-                    with gr.Row():
-                        seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=studio.MAX_SEED,
-                                         label="Seed (-1 = random)", scale=3)
-                        dice = gr.Button("🎲 Randomize", scale=1)
-                        reuse = gr.Button("♻️ Last seed", scale=1)
-            with gr.Column(scale=6):
-                status = gr.HTML(status_html("Ready", 0.0), elem_id="status")
-                live = gr.Audio(label="Live preview (plays while generating)", streaming=True, autoplay=True,
-                                interactive=False, visible=st.stream, elem_id="live")
-                with gr.Row():
-                    result = gr.Audio(label="Result", type="filepath", interactive=False, elem_id="result",
-                                      buttons=["download"])
-                    result_mbd = gr.Audio(label="Multi-band diffusion", type="filepath", interactive=False,
-                                          visible=False, elem_id="result-mbd", buttons=["download"])
-                picture = gr.Image(label="Waveform and spectrogram", type="pil", format="png", interactive=False,
-                                   elem_id="picture")
-                info = gr.Markdown(elem_id="info")
-        last_seed = gr.State(None)
-        run_id = gr.State(None)  # the Stop button's handle on this visitor's run (server-side state)
-        inputs = [prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef, seed,
-                  continue_audio]
-        for component in (prompt, duration, top_k, top_p, temperature, cfg_coef, seed):
-            as_sent(component)
+@dataclass
+class Page:
+    """The page's components: the request fields (in API order), the buttons, and what shows the result."""
 
-        def studio_ui(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef,
-                      seed, continue_audio, run):
-            """The page's Generate: status bar, live chunks, then the result, picture and summary."""
-            started = time.monotonic()
-            try:
-                with user_errors(st):
-                    yield from _studio_run(run, started, prompt, duration, model_size, stereo, decoder,
-                                           melody, top_k, top_p, temperature, cfg_coef, seed, continue_audio)
-            except gr.Error as e:  # the toast goes away; the status line keeps the reason
-                yield {status: status_html(f"{e.title}: {e.message}", 0.0, error=True)}
-                raise
-            finally:
-                st.stops.disarm(run)
+    fields: dict[str, gr.components.Component]
+    generate: gr.Button
+    stop: gr.Button
+    dice: gr.Button
+    reuse: gr.Button
+    hint: gr.Markdown
+    status: gr.HTML
+    live: gr.Audio
+    result: gr.Audio
+    result_mbd: gr.Audio
+    picture: gr.Image
+    info: gr.Markdown
+    last_seed: gr.State
+    run_id: gr.State  # the Stop button's handle on this visitor's run (server-side state)
 
-        def _studio_run(run: str, started: float, *args) -> Iterator[dict]:
-            job = st.job(*args)
-            if job.notice:
-                gr.Info(job.notice)
-            clear = {result: gr.update(value=None, label="Result"), picture: None, info: "",
-                     result_mbd: gr.update(value=None, visible=False)}
-            if st.cache.current != job.ckpt.repo:
-                size = f"≈{job.ckpt.download_gb:g} GB download on first use"
-                yield clear | {status: status_html(f"Loading {job.ckpt.repo} ({size})…")}
-            st.model(job)
-            yield clear | {live: None, status: status_html(f"Generating with {job.ckpt.repo}…", 0.0)}
-            shown, res = 0.0, None
-            events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, st.stream)
-            with closing(events):  # Stop, a cancel or a closed tab ends this generator: the engine stops too
+    @property
+    def inputs(self) -> list[gr.components.Component]:
+        return list(self.fields.values())
+
+    @property
+    def outputs(self) -> list[gr.components.Component]:
+        return [self.status, self.live, self.result, self.result_mbd, self.picture, self.info, self.last_seed]
+
+
+def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str, gr.components.Component]]:
+    """Prompt, buttons, examples, the model choices, the uploads and the sampling settings: (fields in API
+    order, other controls)."""
+    f: dict[str, gr.components.Component] = {}
+    f["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=8, placeholder=EXAMPLES[0], autofocus=True)
+    with gr.Row(elem_id="generate-row"):
+        controls = {"generate": gr.Button("Generate", variant="primary", scale=3),
+                    "stop": gr.Button("Stop", variant="stop", scale=1)}
+    gr.Examples([[e] for e in EXAMPLES], inputs=[f["prompt"]], label="Examples (click to use)")
+    f["duration"] = gr.Slider(studio.MIN_DURATION, MAX_DURATION, value=D.duration, step=1, label="Duration (seconds)")
+    with gr.Row():
+        f["model_size"] = gr.Radio(list(studio.SIZES), value="small", label="Model size", scale=3)
+        f["stereo"] = gr.Checkbox(value=False, label="Stereo", scale=1, min_width=100)
+    f["decoder"] = gr.Radio([(v, k) for k, v in studio.DECODER_LABELS.items()], value=D.decoder, label="Decoder")
+    controls["hint"] = gr.Markdown(_hint("small", False, None))
+    f["melody"] = gr.Audio(sources=["upload", "microphone"], type="filepath",
+                           label="Melody (optional: the tune to follow, first 30 s are used)")
+    continue_audio = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="continue",
+                              label="Continue this audio (optional, under 30 s, part of the duration)")
+    with gr.Accordion("Advanced", open=False):
+        f["top_k"] = gr.Slider(0, 1000, value=D.top_k, step=1, label="Top-k (0 = off)")
+        f["top_p"] = gr.Slider(0.0, 1.0, value=D.top_p, step=0.01, label="Top-p (0 = off; above 0 replaces top-k)")
+        f["temperature"] = gr.Slider(0.0, 2.0, value=D.temperature, step=0.05, label="Temperature (0 = greedy)")
+        f["cfg_coef"] = gr.Slider(0.0, 10.0, value=D.cfg_coef, step=0.1, label="Classifier-free guidance")
+        with gr.Row():
+            f["seed"] = gr.Number(value=-1, precision=0, minimum=-1, maximum=studio.MAX_SEED,
+                                  label="Seed (-1 = random)", scale=3)
+            controls["dice"] = gr.Button("🎲 Randomize", scale=1)
+            controls["reuse"] = gr.Button("♻️ Last seed", scale=1)
+    f["continue_audio"] = continue_audio
+    for name in ("prompt", "duration", "top_k", "top_p", "temperature", "cfg_coef", "seed"):
+        as_sent(f[name])
+    return f, controls
+
+
+def build_result_column(st: Studio) -> dict[str, gr.components.Component]:
+    """Status line, live preview, the result players, the picture and the summary."""
+    out: dict[str, gr.components.Component] = {}
+    out["status"] = gr.HTML(status_html("Ready", 0.0), elem_id="status")
+    out["live"] = gr.Audio(label="Live preview (plays while generating)", streaming=True, autoplay=True,
+                           interactive=False, visible=st.stream, elem_id="live")
+    with gr.Row():
+        out["result"] = gr.Audio(label="Result", type="filepath", interactive=False, elem_id="result",
+                                 buttons=["download"])
+        out["result_mbd"] = gr.Audio(label="Multi-band diffusion", type="filepath", interactive=False,
+                                     visible=False, elem_id="result-mbd", buttons=["download"])
+    out["picture"] = gr.Image(label="Waveform and spectrogram", type="pil", format="png", interactive=False,
+                              elem_id="picture")
+    out["info"] = gr.Markdown(elem_id="info")
+    return out
+
+
+def build_page(st: Studio) -> Page:
+    gr.Markdown("# MusicGen studio\nDescribe the music, press **Generate**, and listen while it is being made. "
+                "Meta's [MusicGen](https://github.com/facebookresearch/audiocraft) models, run by a from-scratch "
+                "PyTorch engine.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            fields, controls = build_request_column()
+        with gr.Column(scale=6):
+            shown = build_result_column(st)
+    return Page(fields, **controls, **shown, last_seed=gr.State(None), run_id=gr.State(None))  # type: ignore[arg-type]
+
+
+def page_run(st: Studio, page: Page, run: str, *args: object) -> Iterator[dict]:
+    """The page's Generate: status bar, live chunks, then the result, picture and summary."""
+    started = time.monotonic()
+    try:
+        with user_errors(st):
+            yield from _page_events(st, page, run, started, *args)
+    except gr.Error as e:  # the toast goes away; the status line keeps the reason
+        yield {page.status: status_html(f"{e.title}: {e.message}", 0.0, error=True)}
+        raise
+    finally:
+        st.stops.disarm(run)
+
+
+def _page_events(st: Studio, page: Page, run: str, started: float, *args: object) -> Iterator[dict]:
+    job = st.job(*args)
+    if job.notice:
+        gr.Info(job.notice)
+    clear = {page.result: gr.update(value=None, label="Result"), page.picture: None, page.info: "",
+             page.result_mbd: gr.update(value=None, visible=False)}
+    if st.cache.current != job.ckpt.repo:
+        size = f"≈{job.ckpt.download_gb:g} GB download on first use"
+        yield clear | {page.status: status_html(f"Loading {job.ckpt.repo} ({size})…")}
+    st.model(job)
+    yield clear | {page.live: None, page.status: status_html(f"Generating with {job.ckpt.repo}…", 0.0)}
+    shown, res = 0.0, None
+    events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, st.stream)
+    with closing(events):  # Stop, a cancel or a closed tab ends this generator: the engine stops too
+        for event in events:
+            if st.stops.requested(run):
+                yield {page.status: status_html("Stopped", 0.0)}
+                return
+            if isinstance(event, session.Chunk):
+                yield {page.live: media.wav_bytes(event.audio, event.sample_rate)}
+            elif isinstance(event, session.Progress):
+                if time.monotonic() - shown > PROGRESS_EVERY:
+                    shown = time.monotonic()
+                    yield {page.status: progress_status(event, job.req.duration, started)}
+            else:
+                res = event
+    assert res is not None
+    yield _result_update(st, page, job, res)
+
+
+def _result_update(st: Studio, page: Page, job: Job, res: session.Result) -> dict:
+    tag = "-mbd" if res.encodec is not None else ""
+    final = media.write_wav(st.output_path(res.seed, tag), res.audio, res.sample_rate)
+    update = {page.result: final, page.picture: media.render_picture(res.audio, res.sample_rate),
+              page.info: summary(res, job, st.cache.device), page.last_seed: res.seed,
+              page.status: status_html(f"Done: {res.seconds:.1f} s of audio in {res.elapsed:.1f} s", 1.0)}
+    if res.encodec is not None:  # both versions side by side, as audiocraft's demo does
+        plain = media.write_wav(st.output_path(res.seed, "-encodec"), res.encodec, res.sample_rate)
+        update |= {page.result: gr.update(value=plain, label="EnCodec"),
+                   page.result_mbd: gr.update(value=final, visible=True)}
+    return update
+
+
+def api_generate(st: Studio) -> Callable[..., Iterator]:
+    """The `/generate` endpoint: its parameter names and defaults are the API's."""
+
+    def generate(prompt: str, duration: float = D.duration, model_size: str = "small", stereo: bool = False,
+                 decoder: str = D.decoder, melody: str | None = None, top_k: int = D.top_k, top_p: float = D.top_p,
+                 temperature: float = D.temperature, cfg_coef: float = D.cfg_coef, seed: int = -1,
+                 continue_audio: str | None = None,
+                 progress=gr.Progress()) -> Iterator:  # noqa: B008 (how Gradio injects a progress tracker)
+        """Generate music from a text prompt; returns the WAV file (from the chosen decoder).
+        seed -1 draws a random one; melody (an audio file) picks a melody checkpoint; continue_audio (an
+        audio file shorter than 30 s) starts the piece with that clip and goes on from it (the duration
+        counts it)."""
+        with user_errors(st):
+            job = st.job(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature,
+                         cfg_coef, seed, continue_audio)
+            # a generator, so that a cancelled job or a lost client closes it (Gradio closes a generator
+            # handler's iterator at its next yield; it can only once the first yield registered it): the
+            # engine then stops at its next step (a model download is not interrupted; nothing runs after)
+            yield gr.skip()
+            st.model(job, on_load=lambda repo: progress((0, None), desc=f"Loading {repo}…"))
+            events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, False)
+            shown = time.monotonic()
+            with closing(events):
                 for event in events:
-                    if st.stops.requested(run):
-                        yield {status: status_html("Stopped", 0.0)}
-                        return
-                    if isinstance(event, session.Chunk):
-                        yield {live: media.wav_bytes(event.audio, event.sample_rate)}
-                    elif isinstance(event, session.Progress):
+                    if isinstance(event, session.Progress):
+                        unit = "frames" if event.stage == "frames" else "diffusion steps"
+                        progress((event.done, event.total), desc="Generating", unit=unit)
                         if time.monotonic() - shown > PROGRESS_EVERY:
                             shown = time.monotonic()
-                            yield {status: progress_status(event, job.req.duration, started)}
-                    else:
-                        res = event
-            assert res is not None
-            tag = "-mbd" if res.encodec is not None else ""
-            final = media.write_wav(st.output_path(res.seed, tag), res.audio, res.sample_rate)
-            update = {result: final, picture: media.render_picture(res.audio, res.sample_rate),
-                      info: summary(res, job, st.cache.device), last_seed: res.seed,
-                      status: status_html(f"Done: {res.seconds:.1f} s of audio in {res.elapsed:.1f} s", 1.0)}
-            if res.encodec is not None:  # both versions side by side, as audiocraft's demo does
-                plain = media.write_wav(st.output_path(res.seed, "-encodec"), res.encodec, res.sample_rate)
-                update |= {result: gr.update(value=plain, label="EnCodec"),
-                           result_mbd: gr.update(value=final, visible=True)}
-            yield update
+                            yield gr.skip()
+                    elif isinstance(event, session.Result):
+                        yield str(media.write_wav(st.output_path(event.seed), event.audio, event.sample_rate))
+                        return
+        raise gr.Error("Generation ended without audio")
 
-        def generate(prompt: str, duration: float = DEFAULT_DURATION, model_size: str = "small",
-                     stereo: bool = False, decoder: str = "encodec", melody: str | None = None, top_k: int = 250,
-                     top_p: float = 0.0, temperature: float = 1.0, cfg_coef: float = 3.0, seed: int = -1,
-                     continue_audio: str | None = None,
-                     progress=gr.Progress()) -> Iterator:  # noqa: B008 (how Gradio injects a progress tracker)
-            """Generate music from a text prompt; returns the WAV file (from the chosen decoder).
-            seed -1 draws a random one; melody (an audio file) picks a melody checkpoint; continue_audio (an
-            audio file shorter than 30 s) starts the piece with that clip and goes on from it (the duration
-            counts it)."""
-            with user_errors(st):
-                job = st.job(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature,
-                             cfg_coef, seed, continue_audio)
-                # a generator, so that a cancelled job or a lost client closes it (Gradio closes a generator
-                # handler's iterator at its next yield; it can only once the first yield registered it): the
-                # engine then stops at its next step (a model download is not interrupted; nothing runs after)
-                yield gr.skip()
-                st.model(job, on_load=lambda repo: progress((0, None), desc=f"Loading {repo}…"))
-                events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, False)
-                shown = time.monotonic()
-                with closing(events):
-                    for event in events:
-                        if isinstance(event, session.Progress):
-                            unit = "frames" if event.stage == "frames" else "diffusion steps"
-                            progress((event.done, event.total), desc="Generating", unit=unit)
-                            if time.monotonic() - shown > PROGRESS_EVERY:
-                                shown = time.monotonic()
-                                yield gr.skip()
-                        elif isinstance(event, session.Result):
-                            yield str(media.write_wav(st.output_path(event.seed), event.audio, event.sample_rate))
-                            return
-            raise gr.Error("Generation ended without audio")
+    return generate
 
-        def arm(request: gr.Request) -> tuple[str, str]:
-            """Generate was pressed: a new run Stop can reach, even while it still waits in the queue."""
-            return status_html("Waiting for the model…"), st.stops.arm(request.session_hash or "")
 
-        def stop(request: gr.Request) -> None:
-            st.stops.request(request.session_hash or "")
+def wire(st: Studio, page: Page) -> None:
+    """The page's events and the API endpoint; everything but the generations skips the queue."""
+    quick = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
 
-        triggers = [generate_btn.click, prompt.submit]
-        armed = gr.on(triggers, arm, inputs=None, outputs=[status, run_id], queue=False, api_visibility="private",
-                      show_progress="hidden")
-        armed.then(studio_ui, inputs=[*inputs, run_id],
-                   outputs=[status, live, result, result_mbd, picture, info, last_seed], show_progress="hidden",
-                   api_visibility="private", concurrency_id="musicgen", concurrency_limit=1)
-        # Stop is cooperative (the run ends itself at its next step): Gradio's `cancels` raced with the
-        # streamed outputs in 6.31 and could leave the page believing the run was still going
-        stop_btn.click(stop, inputs=None, outputs=None, queue=False, api_visibility="private", show_progress="hidden")
-        gr.on([], generate, inputs=inputs, outputs=[result], api_name="generate", concurrency_id="musicgen",
-              concurrency_limit=1)
-        gr.on([model_size.change, stereo.change, melody.change, decoder.change], _hint,
-              inputs=[model_size, stereo, melody, decoder], outputs=model_hint, queue=False, api_visibility="private",
-              show_progress="hidden")
-        dice.click(studio.fresh_seed, outputs=seed, queue=False, api_visibility="private")
-        reuse.click(lambda s: gr.skip() if s is None else s, inputs=last_seed, outputs=seed, queue=False,
-                    api_visibility="private")
+    def arm(request: gr.Request) -> tuple[str, str]:
+        """Generate was pressed: a new run Stop can reach, even while it still waits in the queue."""
+        return status_html("Waiting for the model…"), st.stops.arm(request.session_hash or "")
+
+    def run(*args: object) -> Iterator[dict]:
+        yield from page_run(st, page, str(args[-1]), *args[:-1])
+
+    armed = gr.on([page.generate.click, page.fields["prompt"].submit], arm, outputs=[page.status, page.run_id],
+                  **quick)
+    armed.then(run, inputs=[*page.inputs, page.run_id], outputs=page.outputs, show_progress="hidden",
+               api_visibility="private", concurrency_id="musicgen", concurrency_limit=1)
+    # Stop is cooperative (the run ends itself at its next step): Gradio's `cancels` raced with the
+    # streamed outputs in 6.31 and could leave the page believing the run was still going
+    def stop(request: gr.Request) -> None:
+        st.stops.request(request.session_hash or "")
+
+    page.stop.click(stop, **quick)
+    gr.on([], api_generate(st), inputs=page.inputs, outputs=[page.result], api_name="generate",
+          concurrency_id="musicgen", concurrency_limit=1)
+    hint_inputs = [page.fields[k] for k in ("model_size", "stereo", "melody", "decoder")]
+    gr.on([c.change for c in hint_inputs], _hint, inputs=hint_inputs, outputs=page.hint, **quick)
+    page.dice.click(studio.fresh_seed, outputs=page.fields["seed"], **quick)
+    page.reuse.click(lambda s: gr.skip() if s is None else s, inputs=page.last_seed, outputs=page.fields["seed"],
+                     **quick)
+
+
+def build_demo(st: Studio) -> gr.Blocks:
+    with gr.Blocks(title="MusicGen studio", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        wire(st, build_page(st))
     return demo
 
 

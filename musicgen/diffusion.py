@@ -30,12 +30,12 @@ from torch import nn
 from . import mbd_checkpoint as ckpt_io
 from .codec import EnCodec
 from .errors import CheckpointError, InvalidInputError
+from .options import ProgressFn
 from .unet import DiffusionUnet, UNetConfig
 from .weights import Checkpoint, load_module
 
 EQ_BANDS = 32
 SAMPLING_STEPS = 20
-Progress = Callable[[int, int], None]
 
 
 class TensorSource(Protocol):
@@ -294,7 +294,7 @@ class MultiBandDiffusion(nn.Module):
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, codec: EnCodec,
                generator: torch.Generator | Sequence[torch.Generator] | None = None,
-               progress: Progress | None = None) -> torch.Tensor:
+               progress: ProgressFn | None = None) -> torch.Tensor:
         """codes [B, Q, T] (one channel's codebooks) -> audio [B, 1, T * hop] float32.
 
         `generator`: one generator (per-item generators are seeded from it, see `item_generators`), a list

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 import torch
 
 from .lm import LM, Condition, KVCache
+from .options import ProgressFn
 from .sampling import SamplingParams, delay_columns, sample, undelay
 
-Progress = Callable[[int, int], None]
 StepFn = Callable[..., torch.Tensor]  # decode_step's signature
 
 
@@ -96,7 +96,7 @@ def generate_tokens(
     frames: int,
     params: SamplingParams,
     generator: torch.Generator | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     chroma: torch.Tensor | None = None,
     step_fn: StepFn | None = None,
     prompt: torch.Tensor | None = None,

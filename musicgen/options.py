@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -27,6 +27,7 @@ DEFAULT_DURATION = 10.0  # audiocraft's demo default
 SEED_BITS = 63  # seeds are non-negative int64 (torch.Generator.manual_seed)
 
 Clip = tuple[Any, int]  # (wave, sample_rate): a tensor or array [S], [C, S] or [B, C, S], any rate
+ProgressFn = Callable[[int, int], None]  # progress(step, total), called after every decode / diffusion step
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from .config import MusicGenConfig
 from .convert import weights_folder
 from .diffusion import MultiBandDiffusion
 from .errors import InvalidInputError
-from .generate import Progress, StepFn, decode_step
+from .generate import StepFn, decode_step
 from .hub import resolve
 from .layout import QUANTIZE, dynamic_int8_available, int8_available
 from .lm import LM
 from .longform import Window, frames_of, melody_wave, plan_windows, prepare_prompt_audio, run_windows, window_chroma
 from .melody import ChromaExtractor
-from .options import MAX_DURATION, WINDOW, Clip, GenerationOptions, check_prompts, check_tokens, seed_of
+from .options import MAX_DURATION, WINDOW, Clip, GenerationOptions, ProgressFn, check_prompts, check_tokens, seed_of
 from .options import options as make_options
 from .sampling import SamplingParams
 from .streaming import StreamDecoder, can_stream
@@ -155,7 +155,7 @@ class MusicGen:
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, decoder: str = "encodec", *, seed: int | None = None,
-               progress: Progress | None = None) -> torch.Tensor:
+               progress: ProgressFn | None = None) -> torch.Tensor:
         """tokens [B, K, T] -> audio [B, C, T * 640] float32 in [-1, 1] on the CPU. decoder "mbd": multi-band
         diffusion (stereo: left and right as two mono items), reproducible with `seed`, `progress(step,
         total)` after every diffusion model call."""
@@ -182,7 +182,7 @@ class MusicGen:
         return audio
 
     def generate(self, prompts: str | Sequence[str], duration: float | None = None, *,
-                 options: GenerationOptions | None = None, progress: Progress | None = None,
+                 options: GenerationOptions | None = None, progress: ProgressFn | None = None,
                  **changes: Any) -> GenerationOutput:
         """Generate `duration` seconds (up to 300) of music for each prompt ("" = unconditional).
 
@@ -204,7 +204,7 @@ class MusicGen:
         return self.generate(prompts, duration, continue_from=(prompt_audio, prompt_sample_rate), **kwargs)
 
     def stream(self, prompts: str | Sequence[str], duration: float | None = None, *,
-               options: GenerationOptions | None = None, progress: Progress | None = None, decode: bool = True,
+               options: GenerationOptions | None = None, progress: ProgressFn | None = None, decode: bool = True,
                **changes: Any) -> Iterator[StreamStep | GenerationOutput]:
         """`generate` as an iterator: a `StreamStep` after every decode step with the frames of the piece
         complete so far, then the `GenerationOutput`. Everything is validated at the first `next()`; stop
@@ -261,7 +261,7 @@ class MusicGen:
         return frames
 
 
-def finish(events: Iterator[StreamStep | GenerationOutput], progress: Progress | None) -> GenerationOutput:
+def finish(events: Iterator[StreamStep | GenerationOutput], progress: ProgressFn | None) -> GenerationOutput:
     """Run a `MusicGen.stream` to its output, reporting its steps to `progress`."""
     for event in events:
         if isinstance(event, GenerationOutput):

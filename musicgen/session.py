@@ -149,7 +149,7 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     seed = req.seed if req.seed is not None else fresh_seed()
     sr, frame_rate = mg.sample_rate, mg.frame_rate
     frames = round(req.duration * frame_rate)
-    decoder = StreamDecoder(mg, frames) if stream and mg.can_stream else None
+    live = StreamDecoder(mg, frames) if stream and mg.can_stream else None  # live chunks, exact
     pending: list[np.ndarray] = []
     sent = 0  # samples already sent in chunks
     playing = False
@@ -160,7 +160,7 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     o = generation_options(req, seed, melody, continuation)
     decoded: list[np.ndarray] = []  # every sample the StreamDecoder produced, sent or not
     # with a StreamDecoder every sample is decoded on the way: no second EnCodec pass at the end
-    for item in _engine_items(mg, req.prompt, o, decode=decoder is None):
+    for item in _engine_items(mg, req.prompt, o, decode=live is None):
         if isinstance(item, tuple):  # ("tick", step, total): the diffusion decoder's steps after the tokens
             yield Progress("diffusion", item[1] - lm_steps, item[2] - lm_steps)
         elif isinstance(item, GenerationOutput):
@@ -170,16 +170,16 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
             first = first or (now, n)
             yield Progress("frames", n, frames)
             interval = chunk_seconds if playing else min(chunk_seconds, 0.25)  # look often until playback starts
-            if decoder is None or n <= decoder.seen or (n < frames and now - last < interval):
+            if live is None or n <= live.seen or (n < frames and now - last < interval):
                 continue
             last = now
-            audio = decoder.push(item.tokens)[0].numpy()
+            audio = live.push(item.tokens)[0].numpy()
             if audio.shape[-1]:
                 pending.append(audio)
                 decoded.append(audio)
             if not playing:
                 rate = (n - first[1]) / frame_rate / max(now - first[0], 1e-6)
-                buffered = (decoder.emitted - sent) / sr
+                buffered = (live.emitted - sent) / sr
                 playing = ready_to_play(buffered, (frames - n) / frame_rate, rate, chunk_seconds)
             if playing and pending:
                 whole = np.concatenate(pending, axis=-1)
@@ -195,7 +195,7 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     def encodec_audio(kept: torch.Tensor | None) -> np.ndarray:
         if kept is not None:
             return kept[0].numpy()
-        if decoder is not None and decoder.done:
+        if live is not None and live.done:
             return np.concatenate(decoded, axis=-1)
         return mg.decode(out.tokens)[0].numpy()
 

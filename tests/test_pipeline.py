@@ -4,14 +4,11 @@ test_cli.py)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from musicgen import GenerationOutput, InvalidInputError, MusicGen
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_output_contract(small: MusicGen) -> None:

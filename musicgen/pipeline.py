@@ -176,7 +176,7 @@ class MusicGen:
         """EnCodec decode `chunk` frames at a time with the exact streaming decoder (equal to one pass up to
         float rounding): memory stays that of one chunk however long the piece."""
         T = tokens.shape[-1]
-        dec = StreamDecoder(self, T)
+        dec = StreamDecoder(self.codec, self.audio_channels, T)
         audio = torch.cat([dec.push(tokens[..., : min(end, T)]) for end in range(chunk, T + chunk, chunk)], dim=-1)
         release_free_memory()  # glibc keeps the chunks' freed buffers otherwise (~0.25 GB)
         return audio

@@ -149,7 +149,8 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     seed = req.seed if req.seed is not None else fresh_seed()
     sr, frame_rate = mg.sample_rate, mg.frame_rate
     frames = round(req.duration * frame_rate)
-    live = StreamDecoder(mg, frames) if stream and mg.can_stream else None  # live chunks, exact
+    # live chunks, decoded exactly on the way
+    live = StreamDecoder(mg.codec, mg.audio_channels, frames) if stream and mg.can_stream else None
     pending: list[np.ndarray] = []
     sent = 0  # samples already sent in chunks
     playing = False

@@ -27,7 +27,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .codec import LSTM, ResBlock, SConv1d, SConvTranspose1d
+from .codec import LSTM, EnCodec, ResBlock, SConv1d, SConvTranspose1d
 from .errors import InvalidInputError
 
 
@@ -99,14 +99,17 @@ class StreamDecoder:
     that total was given) also returns the tail. The chunks concatenate to `MusicGen.decode(tokens)`.
     """
 
-    def __init__(self, mg, frames: int | None = None) -> None:
-        layers = list(mg.codec.decoder.layers)
+    def __init__(self, codec: EnCodec, channels: int, frames: int | None = None) -> None:
+        """`codec` decodes each of the `channels` audio channels (stereo: codebooks interleaved L0 R0 L1 R1 ...);
+        `frames`: the sequence's length, when known (its push then returns the tail too)."""
+        layers = list(codec.decoder.layers)
         if not (isinstance(layers[0], SConv1d) and isinstance(layers[1], LSTM)):
             raise NotImplementedError("expected EnCodec's decoder layout: conv, LSTM, upsampling stack")
-        self.mg, self.frames = mg, frames
+        self.codec, self.frames = codec, frames
         self.conv0, self.lstm, self.stack = layers[0], layers[1].lstm, layers[2:]
-        self.hop = mg.cfg.codec.hop_length
-        self.channels = mg.audio_channels
+        self.hop = codec.cfg.hop_length
+        self.channels = channels
+        self.codebooks = codec.cfg.num_quantizers * channels  # K of the tokens it takes
         self.context, self.lookahead = conv_padding(self.conv0)  # in frames
         self.stack_left, self.stack_right = stack_reach(self.stack, self.hop)  # in samples
         #: samples at the end of a prefix that can still change when more frames arrive
@@ -134,8 +137,8 @@ class StreamDecoder:
         if self.done:
             raise InvalidInputError("this StreamDecoder has already returned the whole sequence")
         n = tokens.shape[-1]
-        if tokens.dim() != 3 or tokens.shape[1] != self.mg.num_codebooks:
-            raise InvalidInputError(f"tokens must be [B, {self.mg.num_codebooks}, frames], got {tuple(tokens.shape)}")
+        if tokens.dim() != 3 or tokens.shape[1] != self.codebooks:
+            raise InvalidInputError(f"tokens must be [B, {self.codebooks}, frames], got {tuple(tokens.shape)}")
         if n < self.seen or (self.frames is not None and n > self.frames):
             raise InvalidInputError(f"got {n} frames after {self.seen} (expected a growing prefix of "
                                     f"{self.frames or 'any number of'} frames)")
@@ -148,8 +151,8 @@ class StreamDecoder:
     def _add_latents(self, new: torch.Tensor) -> None:
         if new.shape[-1] == 0:
             return
-        codes = rearrange(new.to(self.mg.device).long(), "b (q c) t -> (b c) q t", c=self.channels)
-        latent = self.mg.codec.latent(codes)
+        codes = rearrange(new.to(self.codec.codebooks.device).long(), "b (q c) t -> (b c) q t", c=self.channels)
+        latent = self.codec.latent(codes)
         self._latent = latent if self._latent is None else torch.cat([self._latent, latent], dim=-1)
 
     def _advance(self, final: bool) -> torch.Tensor:

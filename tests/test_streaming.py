@@ -26,7 +26,7 @@ def random_tokens(mg: MusicGen, frames: int, seed: int = 0, batch: int = 2) -> t
 
 
 def stream_decode(mg: MusicGen, tokens: torch.Tensor, cuts: list[int]) -> tuple[torch.Tensor, StreamDecoder]:
-    dec = StreamDecoder(mg, tokens.shape[-1])
+    dec = StreamDecoder(mg.codec, mg.audio_channels, tokens.shape[-1])
     parts = []
     for n in cuts:
         parts.append(dec.push(tokens[..., :n]))
@@ -37,7 +37,7 @@ def stream_decode(mg: MusicGen, tokens: torch.Tensor, cuts: list[int]) -> tuple[
 
 
 def test_holdback_is_derived_from_the_layers(small: MusicGen) -> None:
-    dec = StreamDecoder(small)
+    dec = StreamDecoder(small.codec, 1)
     # conv 0 (k7) looks 3 frames (1920 samples) ahead. In the upsampling stack every transposed conv loses
     # its left trim (4, 3, 2, 2) and every residual k3 conv 1 step at its own rate, scaled by the later
     # upsampling (x5, x4, x4), then the last k7 conv 3 samples: (((4+1)*5 + 3+1)*4 + 2+1)*4 + 2+1 + 3 = 482
@@ -56,7 +56,7 @@ def test_holdback_is_the_measured_receptive_field(small: MusicGen, n: int) -> No
     with torch.inference_mode():
         da, db = small.codec.decode(a)[0, 0], small.codec.decode(b)[0, 0]
         prefix = small.codec.decode(a[..., :n])[0, 0]
-    cut = n * HOP - StreamDecoder(small).holdback
+    cut = n * HOP - StreamDecoder(small.codec, 1).holdback
     changed = ((da - db) != 0).nonzero()
     assert changed[0].item() == cut
     assert (prefix[:cut] - da[:cut]).abs().max() <= TOL
@@ -88,7 +88,7 @@ def test_stereo_chunks_concatenate_to_the_full_decode(stereo_pair: tuple[object,
 def test_the_tolerance_catches_a_wrong_scheme(small: MusicGen) -> None:
     """Negative control: forgetting the LSTM state between chunks is far outside TOL."""
     tokens = random_tokens(small, FRAMES)
-    dec, parts = StreamDecoder(small, FRAMES), []
+    dec, parts = StreamDecoder(small.codec, 1, FRAMES), []
     for n in (50, 100, FRAMES):
         parts.append(dec.push(tokens[..., :n]))
         dec._state = None
@@ -97,14 +97,14 @@ def test_the_tolerance_catches_a_wrong_scheme(small: MusicGen) -> None:
 
 def test_finish_without_a_known_length(small: MusicGen) -> None:
     tokens = random_tokens(small, 60, batch=1)
-    dec = StreamDecoder(small)
+    dec = StreamDecoder(small.codec, 1)
     parts = [dec.push(tokens[..., :30]), dec.push(tokens[..., :45]), dec.finish(tokens)]
     assert (torch.cat(parts, -1) - small.decode(tokens)).abs().max() <= TOL
 
 
 def test_misuse_is_reported(small: MusicGen) -> None:
     tokens = random_tokens(small, 20, batch=1)
-    dec = StreamDecoder(small, 20)
+    dec = StreamDecoder(small.codec, 1, 20)
     dec.push(tokens[..., :10])
     with pytest.raises(ValueError, match="growing prefix"):
         dec.push(tokens[..., :5])

@@ -32,7 +32,9 @@ import torch
 from gradio.exceptions import InvalidPathError
 
 from musicgen import DownloadError, MusicGen, MusicGenError, media, session, studio
+from musicgen.layout import QUANTIZE
 from musicgen.options import MAX_DURATION, GenerationOptions
+from musicgen.pipeline import default_device
 
 log = logging.getLogger("musicgen.app")
 
@@ -440,7 +442,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--server-name", default=None, help="interface to listen on, e.g. 0.0.0.0 [127.0.0.1]")
     p.add_argument("--port", type=int, default=None, help="port [7860, or the next free one]")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available, else cpu]")
-    p.add_argument("--quantize", choices=["auto", "int8", "int8-weight-only", "none"], default="auto",
+    p.add_argument("--quantize", choices=["auto", *[q for q in QUANTIZE if q], "none"], default="auto",
                    help="int8 language model, ~2.6x faster on CPU; int8-weight-only: float activations, closer "
                    "to float32 [auto: int8 on CPU, none on CUDA]")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting at most [16]")
@@ -494,7 +496,7 @@ def default_quantize(choice: str, device: str | None) -> str | None:
     mean KL 0.001 nats from float32)."""
     if choice != "auto":
         return None if choice == "none" else choice
-    on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    on_cpu = (torch.device(device) if device else default_device()).type == "cpu"
     return "int8" if on_cpu else None
 
 

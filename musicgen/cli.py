@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import InvalidInputError, MusicGenError
+from .layout import QUANTIZE
 from .options import DECODERS, GenerationOptions, options
 
 D = GenerationOptions()  # the defaults (audiocraft's)
@@ -57,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder", choices=DECODERS, default=D.decoder,
                    help="tokens to audio: EnCodec, or multi-band diffusion (better quality, much slower; its weights, "
                    "facebook/multiband-diffusion, are fetched on first use) [encodec]")
-    p.add_argument("--quantize", choices=["int8", "int8-weight-only"], default=None,
+    p.add_argument("--quantize", choices=[q for q in QUANTIZE if q], default=None,
                    help="int8 language model: ~2.6x faster than float32 on CPU, slightly different output; "
                    "int8-weight-only keeps float activations (closer to float32, ~20 %% slower)")
     return p

@@ -51,22 +51,22 @@ def iter_steps(
 
     `prompt` [B, K, T_p] (T_p < frames): codes the output starts with (continuation). They are run through
     the model in one chunk and kept, not sampled; the first step yielded is then T_p + 1."""
-    cfg = lm.cfg
-    B, K, device = text.shape[0], cfg.num_codebooks, text.device
-    delays = torch.tensor(cfg.delays, device=device)[None, :]  # [1, K]
-    steps = frames + max(cfg.delays)
+    config = lm.cfg
+    B, K, device = text.shape[0], config.num_codebooks, text.device
+    delays = torch.tensor(config.delays, device=device)[None, :]  # [1, K]
+    steps = frames + max(config.delays)
     guided = params.cfg_coef != 1.0  # at 1 the guided logits equal the conditional ones: skip the null batch
     with torch.inference_mode():
         cond = lm.condition(text, mask, guided, chroma)
         P = cond.prefix_len  # melody models read their conditioning prefix first
-        cache = KVCache.empty(cfg, B * (2 if guided else 1), P + steps, device, lm.dtype)
+        cache = KVCache.empty(config, B * (2 if guided else 1), P + steps, device, lm.dtype)
         lm.prefill(cond, cache)
-        seq = torch.full((B, K, steps + 1), cfg.card, dtype=torch.long, device=device)
+        seq = torch.full((B, K, steps + 1), config.card, dtype=torch.long, device=device)
         Tp = 0 if prompt is None else prompt.shape[-1]
         if Tp:
             assert Tp < frames, "the prompt must be shorter than the output"
             forced = torch.zeros_like(seq, dtype=torch.bool)
-            for k, d in enumerate(cfg.delays):
+            for k, d in enumerate(config.delays):
                 seq[:, k, 1 + d : 1 + d + Tp] = prompt[:, k]
                 forced[:, k, 1 + d : 1 + d + Tp] = True
             x = seq[:, :, :Tp]  # columns 0..T_p-1 predict only prompt tokens or the special token
@@ -79,7 +79,7 @@ def iter_steps(
             else:
                 logits = step_fn(lm, seq[:, :, s], torch.tensor(P + s, device=device), cache, cond, coef)
             nxt = sample(logits, params, generator)  # [B, K]
-            nxt = torch.where(delay_columns(delays, frames, s + 1), nxt, cfg.card)
+            nxt = torch.where(delay_columns(delays, frames, s + 1), nxt, config.card)
             seq[:, :, s + 1] = torch.where(forced[:, :, s + 1], seq[:, :, s + 1], nxt) if Tp else nxt
         yield s + 1, steps, seq
 

@@ -86,17 +86,18 @@ class StepClock:
 
 
 def run_ours(mg, frames: int, seed: int) -> dict:
+    from musicgen.pipeline import StreamStep
+
     clock = StepClock()
     t0 = time.perf_counter()
     text, mask = mg.encode_text([PROMPT])
     t_text = time.perf_counter() - t0
-    from musicgen.generate import generate_tokens
-    from musicgen.sampling import SamplingParams
-
     t0 = time.perf_counter()
-    tokens = generate_tokens(mg.lm, text, mask, frames, SamplingParams(), torch.Generator().manual_seed(seed),
-                             clock.tick)
-    t_lm = time.perf_counter() - t0
+    for event in mg.stream([PROMPT], frames / mg.frame_rate, seed=seed, decode=False):
+        if isinstance(event, StreamStep):
+            clock.tick()
+    tokens = event.tokens
+    t_lm = time.perf_counter() - t0 - t_text  # (stream encodes the text again)
     t0 = time.perf_counter()
     mg.decode(tokens)
     t_dec = time.perf_counter() - t0
@@ -140,7 +141,10 @@ def guided_logits(mg, seq: torch.Tensor, frames: int) -> torch.Tensor:
     cond = mg.lm.condition(text, mask, guided=True)
     steps = seq.shape[-1] - 1
     cache = KVCache.empty(mg.cfg.lm, 2, steps, mg.device, mg.lm.dtype)
-    out = [decode_step(mg.lm, seq[:, :, s], s, cache, cond, 3.0)[0].log_softmax(-1) for s in range(steps)]
+    out = []
+    for s in range(steps):
+        c, u = decode_step(mg.lm, seq[:, :, s].repeat(2, 1), torch.tensor(s), cache, cond).chunk(2)
+        out.append((u + (c - u) * 3.0)[0].log_softmax(-1))
     return torch.stack(out)
 
 

@@ -1,111 +1,134 @@
-"""The token loop: classifier-free guidance as one batched forward, delay pattern, sampling."""
+"""The token loop: one request's generation as a small state machine, and the decode step that advances many.
+
+A `Generation` holds what one request needs between decode steps: its windows (longform.py), its delayed
+token sequence, forced prompt tokens, sampling settings and random generator, and its KV cache slots. It
+prepares each window itself (conditioning, melody prefix, continuation prompt) and turns logits into the
+next tokens (classifier-free guidance, sampling, the codebook delay pattern). It does not run the model:
+`decode_steps` runs one forward for several generations at once (the scheduler in serve.py) or for one
+(`MusicGen.stream`), so a request's tokens are the same either way.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 
 import torch
 
-from .lm import LM, Condition, KVCache
-from .options import ProgressFn
+from .lm import LM, Condition, Group, KVCache
+from .longform import Window
 from .sampling import SamplingParams, delay_columns, sample, undelay
 
 StepFn = Callable[..., torch.Tensor]  # decode_step's signature
+ChromaFn = Callable[[Window], torch.Tensor | None]  # one-hot chroma [B, C, 12] of a window (melody models)
+AllocFn = Callable[[int, int], KVCache]  # (rows, slots) -> an empty cache for one window
 
 
-def decode_step(lm: LM, tokens: torch.Tensor, pos: int | torch.Tensor, cache: KVCache, cond: Condition,
-                cfg_coef: float | None) -> torch.Tensor:
-    """tokens [B, K] at position `pos` -> next-token logits [B, K, card] (guided when cfg_coef is set:
-    the batch runs as [cond; uncond] and logits = uncond + (cond - uncond) * cfg_coef)."""
-    x = tokens[:, :, None]
-    if cfg_coef is not None:
-        x = torch.cat([x, x], dim=0)
-    logits = lm(x, pos, cache, cond)[:, :, -1]
-    if cfg_coef is None:
-        return logits
-    cond, uncond = logits.chunk(2, dim=0)
-    return uncond + (cond - uncond) * cfg_coef
+def decode_step(lm: LM, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, cond: Condition) -> torch.Tensor:
+    """The static-shaped step, for torch.compile / CUDA graphs: tokens [R, K] at the 0-dim tensor position
+    `pos` -> logits [R, K, card]; attention spans the whole preallocated cache under a mask."""
+    return lm(tokens[:, :, None], pos, cache, cond)[:, :, -1]
 
 
-def iter_steps(
-    lm: LM,
-    text: torch.Tensor,
-    mask: torch.Tensor,
-    frames: int,
-    params: SamplingParams,
-    generator: torch.Generator | None = None,
-    chroma: torch.Tensor | None = None,
-    step_fn: StepFn | None = None,
-    prompt: torch.Tensor | None = None,
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """text [B, L, D_text] T5 states, mask [B, L] (+ one-hot chroma [B, C, 12] for melody models) -> yields
-    (step, total, seq) after every decode step;
-    seq [B, K, 1 + total] is the delayed token sequence, filled up to column `step`.
+class Generation:
+    """One request's tokens [B, K, frames], window by window, one decode step at a time.
 
-    Runs frames + max(delay) steps; step s feeds sequence column s and fills column s + 1, forcing the
-    special token wherever the delay pattern has none. `undelay(seq, delays, frames)` at the end (or
-    `complete_frames(step)` frames of it on the way) gives the codes.
+    text [B, L, D_text] T5 states and mask [B, L]; `plan` the windows (one for pieces up to 30 s); `head`
+    [B, K, P] the frames the piece starts with (the user's encoded audio; P may be 0); `chroma_of(window)`
+    the melody condition of a window. `begin(alloc)` prepares the first window; then, until `done`, the
+    driver feeds `tokens()` through the model (`group` says where) and hands the logits to `advance`."""
 
-    `step_fn` (e.g. a torch.compile'd `decode_step`) runs with static shapes: the position is a tensor and
-    attention spans the whole preallocated cache under a mask.
+    def __init__(self, lm: LM, text: torch.Tensor, mask: torch.Tensor, plan: Sequence[Window],
+                 params: SamplingParams, generator: torch.Generator, head: torch.Tensor, chroma_of: ChromaFn) -> None:
+        self.lm, self.text, self.mask, self.plan = lm, text, mask, list(plan)
+        self.params, self.generator, self.chroma_of = params, generator, chroma_of
+        self.delays = lm.cfg.delays
+        self._delays = torch.tensor(self.delays, device=text.device)[None, :]  # [1, K]
+        self.guided = params.cfg_coef != 1.0  # at 1 the guided logits equal the conditional ones: no null batch
+        self.rows = text.shape[0] * (2 if self.guided else 1)
+        self.total = sum(w.new + max(self.delays) for w in self.plan)  # decode steps in all
+        self.piece = head  # [B, K, n]: the frames of the finished windows
+        self.done_steps = 0  # decode steps of the finished windows
+        self.window = -1
+        self.done = False
 
-    `prompt` [B, K, T_p] (T_p < frames): codes the output starts with (continuation). They are run through
-    the model in one chunk and kept, not sampled; the first step yielded is then T_p + 1."""
-    config = lm.cfg
-    B, K, device = text.shape[0], config.num_codebooks, text.device
-    delays = torch.tensor(config.delays, device=device)[None, :]  # [1, K]
-    steps = frames + max(config.delays)
-    guided = params.cfg_coef != 1.0  # at 1 the guided logits equal the conditional ones: skip the null batch
-    with torch.inference_mode():
-        cond = lm.condition(text, mask, guided, chroma)
+    def begin(self, alloc: AllocFn | None = None) -> None:
+        """Prepare the first window; `alloc(rows, slots)` gives each window its cache (default: a new one)."""
+        self._alloc = alloc or (lambda rows, n: KVCache.empty(self.lm.cfg, rows, n, self.text.device, self.lm.dtype))
+        self._start(0)
+
+    @torch.inference_mode()
+    def _start(self, index: int) -> None:
+        """Window `index`: condition (chroma per window), cache, melody prefix, and its prompt (the previous
+        window's tail, or the user's audio), run through the model in one chunk and kept, not sampled."""
+        lm, w, card = self.lm, self.plan[index], self.lm.cfg.card
+        self.window, self.w = index, w
+        self.steps = w.frames + max(self.delays)
+        cond = lm.condition(self.text, self.mask, self.guided, self.chroma_of(w))
         P = cond.prefix_len  # melody models read their conditioning prefix first
-        cache = KVCache.empty(config, B * (2 if guided else 1), P + steps, device, lm.dtype)
+        cache = self._alloc(self.rows, P + self.steps)
         lm.prefill(cond, cache)
-        seq = torch.full((B, K, steps + 1), config.card, dtype=torch.long, device=device)
-        Tp = 0 if prompt is None else prompt.shape[-1]
-        if Tp:
-            assert Tp < frames, "the prompt must be shorter than the output"
-            forced = torch.zeros_like(seq, dtype=torch.bool)
-            for k, d in enumerate(config.delays):
-                seq[:, k, 1 + d : 1 + d + Tp] = prompt[:, k]
-                forced[:, k, 1 + d : 1 + d + Tp] = True
-            x = seq[:, :, :Tp]  # columns 0..T_p-1 predict only prompt tokens or the special token
-            lm(torch.cat([x, x]) if guided else x, P, cache, cond)
-    coef = params.cfg_coef if guided else None
-    for s in range(Tp, steps):
-        with torch.inference_mode():
-            if step_fn is None:
-                logits = decode_step(lm, seq[:, :, s], P + s, cache, cond, coef)
+        B, K = self.piece.shape[:2]
+        self.seq = torch.full((B, K, self.steps + 1), card, dtype=torch.long, device=self.text.device)
+        self.forced = None
+        if w.prompt:
+            prompt = self.piece[..., w.offset : w.offset + w.prompt]
+            self.forced = torch.zeros_like(self.seq, dtype=torch.bool)
+            for k, d in enumerate(self.delays):
+                self.seq[:, k, 1 + d : 1 + d + w.prompt] = prompt[:, k]
+                self.forced[:, k, 1 + d : 1 + d + w.prompt] = True
+            x = self.seq[:, :, : w.prompt]  # columns 0..T_p-1 predict only prompt tokens or the special token
+            lm(torch.cat([x, x]) if self.guided else x, P, cache, cond)
+        self.s = w.prompt  # the next sequence column fed to the model
+        self.group = Group(cache, cond, P + self.s, self.rows)
+
+    def tokens(self) -> torch.Tensor:
+        """The next decode step's input [rows, K] ([cond; uncond] under guidance)."""
+        x = self.seq[:, :, self.s]
+        return torch.cat([x, x]) if self.guided else x
+
+    @torch.inference_mode()
+    def advance(self, logits: torch.Tensor) -> None:
+        """logits [rows, K, card] of `tokens()` -> the next column (guided, sampled, delay pattern applied)."""
+        if self.guided:
+            cond, uncond = logits.chunk(2, dim=0)
+            logits = uncond + (cond - uncond) * self.params.cfg_coef
+        nxt = sample(logits, self.params, self.generator)  # [B, K]
+        nxt = torch.where(delay_columns(self._delays, self.w.frames, self.s + 1), nxt, self.lm.cfg.card)
+        if self.forced is not None:
+            nxt = torch.where(self.forced[:, :, self.s + 1], self.seq[:, :, self.s + 1], nxt)
+        self.seq[:, :, self.s + 1] = nxt
+        self.s += 1
+        self.group.pos += 1
+        if self.s == self.steps:
+            self.piece = self.frames()
+            self.done_steps += self.w.new + max(self.delays)
+            if self.window + 1 < len(self.plan):
+                self._start(self.window + 1)
             else:
-                logits = step_fn(lm, seq[:, :, s], torch.tensor(P + s, device=device), cache, cond, coef)
-            nxt = sample(logits, params, generator)  # [B, K]
-            nxt = torch.where(delay_columns(delays, frames, s + 1), nxt, config.card)
-            seq[:, :, s + 1] = torch.where(forced[:, :, s + 1], seq[:, :, s + 1], nxt) if Tp else nxt
-        yield s + 1, steps, seq
+                self.done = True
+
+    @property
+    def step(self) -> int:
+        """Decode steps done so far, over all windows."""
+        return self.done_steps + (0 if self.done else self.s - self.w.prompt)
+
+    def frames(self) -> torch.Tensor:
+        """Every frame complete so far [B, K, n] (all of them once `done`)."""
+        if self.done:
+            return self.piece
+        n = max(0, min(self.w.frames, self.s - max(self.delays)))
+        return torch.cat([self.piece, undelay(self.seq, self.delays, n)[..., self.w.prompt :]], dim=-1)
 
 
-def complete_frames(step: int, delays: tuple[int, ...], frames: int) -> int:
-    """How many frames have all their codebooks filled after `step` decode steps."""
-    return max(0, min(frames, step - max(delays)))
-
-
-def generate_tokens(
-    lm: LM,
-    text: torch.Tensor,
-    mask: torch.Tensor,
-    frames: int,
-    params: SamplingParams,
-    generator: torch.Generator | None = None,
-    progress: ProgressFn | None = None,
-    chroma: torch.Tensor | None = None,
-    step_fn: StepFn | None = None,
-    prompt: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """text [B, L, D_text] T5 states, mask [B, L] -> codes [B, K, frames] (starting with `prompt`)."""
-    seq = None
-    for step, total, seq_so_far in iter_steps(lm, text, mask, frames, params, generator, chroma, step_fn, prompt):
-        seq = seq_so_far
-        if progress is not None:
-            progress(step, total)
-    assert seq is not None
-    return undelay(seq, lm.cfg.delays, frames)
+@torch.inference_mode()
+def decode_steps(lm: LM, gens: Sequence[Generation], step_fn: StepFn | None = None) -> None:
+    """One decode step for each generation: one forward over all their rows, then each samples its own
+    tokens. `step_fn` (a compiled `decode_step`, one generation at a time) is the static-shaped path."""
+    if step_fn is not None:
+        for g in gens:
+            pos = torch.tensor(g.group.pos, device=g.text.device)
+            g.advance(step_fn(lm, g.tokens(), pos, g.group.cache, g.group.cond))
+        return
+    logits = lm.decode(torch.cat([g.tokens() for g in gens]), [g.group for g in gens])
+    for g, part in zip(gens, logits.split([g.rows for g in gens]), strict=True):
+        g.advance(part)

@@ -73,9 +73,16 @@ class Int8Linear(nn.Module):
 
 
 class DynamicInt8Linear(nn.Module):
-    """fbgemm's dynamic int8 linear: per-output-channel int8 weights, prepacked once; every call quantizes
-    its input per tensor to uint8 and accumulates in int32. Without VNNI, fbgemm multiplies u8 x s8 pairs
-    into saturating int16 (vpmaddubsw), so activations then get 7 bits (reduce_range) to stay exact."""
+    """fbgemm's int8 linear with int32 accumulation, every activation row quantized on its own (batch-invariant).
+
+    Weights: int8 per output channel, prepacked once. Activations: each row symmetric with its own scale
+    s_r = max|x_r| / HALF, so a row's result is the same whatever other rows share the batch (the decode
+    batch of serve.py holds strangers' requests: a seed must give the same music alone or beside others).
+    fbgemm's `linear_dynamic` quantizes its input with one scale for the whole tensor; we hand it rows that
+    are already integers in [-HALF, HALF] plus one sentinel row [-MID, QMAX - MID, 0, ...], which makes its
+    chosen scale exactly 1 and zero point MID, so its quantization is the identity and the int32 sums are
+    exact: y_r = s_r * w_scale * sum(q_r * W_q). Without VNNI, fbgemm multiplies u8 x s8 pairs into
+    saturating int16 (vpmaddubsw), so activations then get 7 bits (reduce_range) to stay exact."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -89,12 +96,30 @@ class DynamicInt8Linear(nn.Module):
         self.reduce_range = not has_vnni()
 
     @property
+    def reduce_range(self) -> bool:
+        return self._reduce_range
+
+    @reduce_range.setter
+    def reduce_range(self, value: bool) -> None:
+        """7-bit activations (non-VNNI CPUs) or 8-bit: the quantized range and the sentinel row follow."""
+        self._reduce_range = value
+        qmax = 127 if value else 255  # fbgemm's activation range: [0, 127] with reduce_range, else [0, 255]
+        self.mid, self.half = (qmax + 1) // 2, (qmax + 1) // 2 - 1
+        self.sentinel = torch.zeros(1, self.in_features)
+        self.sentinel[0, 0], self.sentinel[0, 1] = -self.mid, qmax - self.mid
+
+    @property
     def nbytes(self) -> int:
         """Bytes of the packed weights (not parameters or buffers: an fbgemm object holds them)."""
         return self.in_features * self.out_features + 4 * self.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self.packed, self.reduce_range)
+        rows = x.reshape(-1, self.in_features)
+        M = rows.shape[0]
+        s = rows.abs().amax(1, keepdim=True).clamp_(min=1e-30).div_(self.half)  # [M, 1] per-row scales
+        q = torch.cat([torch.div(rows, s).round_(), self.sentinel])  # [M + 1, in]: integers, then the sentinel
+        y = torch.ops.quantized.linear_dynamic(q, self.packed, self.reduce_range)[:M]
+        return y.mul_(s).view(*x.shape[:-1], self.out_features)
 
 
 def int8_available() -> bool:

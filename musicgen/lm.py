@@ -7,7 +7,9 @@ L text tokens. Checkpoint keys live under `decoder.` (MusicgenForCausalLM naming
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +70,17 @@ class Condition:
         return 0 if self.prefix is None else self.prefix.shape[1]
 
 
+@dataclass
+class Group:
+    """One request's rows in a decode step: its own cache slots and conditioning, and the cache slot its next
+    token goes to (positions count from there, shifted per row for melody prefixes)."""
+
+    cache: KVCache
+    cond: Condition
+    pos: int
+    rows: int
+
+
 def self_attn_mask(cache: KVCache, pos: int | torch.Tensor, T: int, device: torch.device) -> torch.Tensor | None:
     """Boolean mask [B or 1, 1, T, pos + T] for queries at slots pos..pos+T-1 (None: attend to all).
     With a tensor `pos` (static shapes, T = 1) the mask spans the whole cache: [B or 1, 1, 1, T_max]."""
@@ -92,8 +105,14 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: int | torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.h, self.hd).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
+        return self.out(self.attend(self.qkv(x), pos, k_cache, v_cache, mask))
+
+    def attend(self, qkv: torch.Tensor, pos: int | torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """qkv [B, T, 3D] of queries at cache slots pos..pos+T-1 -> attention output [B, T, D] (before `out`);
+        their keys and values are written into the cache [B, H, T_max, hd]."""
+        B, T, _ = qkv.shape
+        q, k, v = qkv.view(B, T, 3, self.h, self.hd).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
         if isinstance(pos, torch.Tensor):  # static shapes (compile / CUDA graphs): whole cache, masked
             k_cache.index_copy_(2, pos.view(1), k)
             v_cache.index_copy_(2, pos.view(1), v)
@@ -103,7 +122,7 @@ class SelfAttention(nn.Module):
             v_cache[:, :, pos : pos + T] = v
             keys, values = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        return self.out(y.transpose(1, 2).reshape(B, T, D))
+        return y.transpose(1, 2).reshape(B, T, self.h * self.hd)
 
 
 class CrossAttention(nn.Module):
@@ -121,10 +140,13 @@ class CrossAttention(nn.Module):
         return k.contiguous(), v.contiguous()
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        q = self.q(x).view(B, T, self.h, self.hd).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.out(y.transpose(1, 2).reshape(B, T, D))
+        return self.out(self.attend(self.q(x), k, v, bias))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """projected queries [B, T, D], the text's k, v [B, H, L, hd] -> [B, T, D] (before `out`)."""
+        B, T, D = q.shape
+        y = F.scaled_dot_product_attention(q.view(B, T, self.h, self.hd).transpose(1, 2), k, v, attn_mask=bias)
+        return y.transpose(1, 2).reshape(B, T, D)
 
 
 class Layer(nn.Module):
@@ -144,6 +166,22 @@ class Layer(nn.Module):
         x = x + self.self_attn(self.self_attn_norm(x), pos, cache.k[i], cache.v[i], mask)
         if cond.k is not None:
             x = x + self.cross_attn(self.cross_attn_norm(x), cond.k[i], cond.v[i], cond.bias)
+        return x + self.fc2(F.gelu(self.fc1(self.ffn_norm(x))))
+
+    def decode(self, x: torch.Tensor, i: int, groups: Sequence[Group], masks: list[torch.Tensor | None],
+               spans: list[tuple[int, int]]) -> torch.Tensor:
+        """One decode step of several requests: x [R, 1, D], group g's rows at spans[g]. The linears and norms
+        run over every row at once (a step reads the weights once whatever the batch); attention runs per
+        group on its own cache slots and text, with the shapes it has when it runs alone."""
+        qkv = self.self_attn.qkv(self.self_attn_norm(x))
+        y = torch.cat([self.self_attn.attend(qkv[a:b], g.pos, g.cache.k[i], g.cache.v[i], m)
+                       for g, m, (a, b) in zip(groups, masks, spans, strict=True)])
+        x = x + self.self_attn.out(y)
+        if hasattr(self, "cross_attn"):
+            q = self.cross_attn.q(self.cross_attn_norm(x))
+            y = torch.cat([self.cross_attn.attend(q[a:b], g.cond.k[i], g.cond.v[i], g.cond.bias)
+                           for g, (a, b) in zip(groups, spans, strict=True)])
+            x = x + self.cross_attn.out(y)
         return x + self.fc2(F.gelu(self.fc1(self.ffn_norm(x))))
 
 
@@ -220,19 +258,42 @@ class LM(nn.Module):
         """codes [B, K, T] at cache slots pos..pos+T-1 -> logits [B, K, T, card] (float32).
         `pos` as a 0-dim tensor (with T = 1) keeps every shape static, for torch.compile / CUDA graphs."""
         B, K, T = codes.shape
-        x = F.embedding(codes + self.emb_offsets.view(1, K, 1), self.emb.weight).sum(1)  # [B, T, D]
-        if self.cfg.scale_embedding:
-            x = x * math.sqrt(self.cfg.dim)
-        if isinstance(pos, torch.Tensor) or cache.shift is not None:
-            slots = pos.view(1) if isinstance(pos, torch.Tensor) else torch.arange(pos, pos + T, device=x.device)
-            x = x + self.pos_table[slots if cache.shift is None else cache.shift[:, None] + slots]
-        else:
-            x = x + self.pos_table[pos : pos + T]
+        x = self.embed(codes) + self.positions(cache, pos, T)
         mask = self_attn_mask(cache, pos, T, x.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, i, pos, cache, mask, cond)
         logits = self.heads(self.norm(x)).float()  # [B, T, K * card]
         return logits.view(B, T, K, self.cfg.card).transpose(1, 2)
+
+    def decode(self, tokens: torch.Tensor, groups: Sequence[Group]) -> torch.Tensor:
+        """One decode step of several requests at once: tokens [R, K] (group after group, each at its own
+        position) -> logits [R, K, card] (float32). Every op is row by row or per group, so a row's logits
+        do not depend on the other groups (exactly so with row-wise int8 linears, layout.py)."""
+        R, K = tokens.shape
+        spans = list(itertools.pairwise(itertools.accumulate((g.rows for g in groups), initial=0)))
+        assert spans[-1][1] == R, "the groups' rows must add up to the batch"
+        pe = torch.cat([self.positions(g.cache, g.pos, 1).expand(g.rows, -1, -1) for g in groups])
+        x = self.embed(tokens[:, :, None]) + pe  # [R, 1, D]
+        masks = [self_attn_mask(g.cache, g.pos, 1, x.device) for g in groups]
+        for i, layer in enumerate(self.layers):
+            x = layer.decode(x, i, groups, masks, spans)
+        return self.heads(self.norm(x)).float().view(R, K, self.cfg.card)
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, T] -> the sum of the K codebook embeddings [B, T, D]."""
+        K = codes.shape[1]
+        x = F.embedding(codes + self.emb_offsets.view(1, K, 1), self.emb.weight).sum(1)
+        return x * math.sqrt(self.cfg.dim) if self.cfg.scale_embedding else x
+
+    def positions(self, cache: KVCache, pos: int | torch.Tensor, T: int) -> torch.Tensor:
+        """Sinusoid embeddings [B or 1, T, D] of cache slots pos..pos+T-1 (per row with a melody prefix)."""
+        if cache.shift is None and not isinstance(pos, torch.Tensor):
+            return self.pos_table[pos : pos + T][None]
+        device = self.pos_table.device
+        slots = pos.view(1) if isinstance(pos, torch.Tensor) else torch.arange(pos, pos + T, device=device)
+        if cache.shift is None:
+            return self.pos_table[slots][None]
+        return self.pos_table[cache.shift[:, None] + slots]
 
     def source_of(self, name: str) -> Source:
         """Our parameter name -> checkpoint key(s). Fused projections are concatenations."""

@@ -9,7 +9,6 @@ Each window is an ordinary prompted generation, so positions restart at 0 in eve
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -17,11 +16,8 @@ from einops import rearrange
 
 from .dsp import resample
 from .errors import InvalidInputError
-from .generate import StepFn, complete_frames, iter_steps
-from .lm import LM
 from .melody import SILENCE, ChromaExtractor, user_audio
 from .options import Clip
-from .sampling import SamplingParams, undelay
 
 
 @dataclass(frozen=True)
@@ -77,32 +73,6 @@ def prepare_prompt_audio(wave: object, sample_rate: int, batch: int, channels: i
 def frames_of(samples: int, hop: int) -> int:
     """EnCodec frames for `samples` samples (its last window is padded to full)."""
     return math.ceil(samples / hop)
-
-
-def run_windows(
-    lm: LM,
-    plan: list[Window],
-    text: torch.Tensor,
-    mask: torch.Tensor,
-    params: SamplingParams,
-    generator: torch.Generator,
-    chroma_of: Callable[[Window], torch.Tensor | None],
-    head: torch.Tensor,
-    step_fn: StepFn | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """The piece, window by window: yields (steps done, every frame complete so far [B, K, n]) after each
-    decode step; the last yield holds the whole piece. `head` [B, K, P]: the frames the piece starts with
-    (the user's encoded audio; P may be 0); each window is prompted with the previous one's tail."""
-    delays = lm.cfg.delays
-    piece, done = head, 0
-    for w in plan:
-        prompt = piece[..., w.offset : w.offset + w.prompt] if w.prompt else None
-        for step, _, seq in iter_steps(lm, text, mask, w.frames, params, generator, chroma_of(w), step_fn, prompt):
-            n = complete_frames(step, delays, w.frames)
-            tokens = torch.cat([piece, undelay(seq, delays, n)[..., w.prompt :]], dim=-1)
-            yield done + step - w.prompt, tokens
-        piece = tokens
-        done += w.new + max(delays)
 
 
 def melody_wave(chroma: ChromaExtractor | None, melody: Clip | None, batch: int, seconds: float,

@@ -18,11 +18,11 @@ from .config import MusicGenConfig
 from .convert import weights_folder
 from .diffusion import MultiBandDiffusion
 from .errors import InvalidInputError
-from .generate import StepFn, decode_step
+from .generate import Generation, StepFn, decode_step, decode_steps
 from .hub import resolve
 from .layout import QUANTIZE, dynamic_int8_available, int8_available
 from .lm import LM
-from .longform import Window, frames_of, melody_wave, plan_windows, prepare_prompt_audio, run_windows, window_chroma
+from .longform import Window, frames_of, melody_wave, plan_windows, prepare_prompt_audio, window_chroma
 from .melody import ChromaExtractor
 from .options import MAX_DURATION, WINDOW, Clip, GenerationOptions, ProgressFn, check_prompts, check_tokens, seed_of
 from .options import options as make_options
@@ -213,35 +213,47 @@ class MusicGen:
         output's `audio`, or with "mbd" its `audio_encodec`, is then None), for callers that decode the
         StreamSteps as they come (streaming.StreamDecoder)."""
         o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
+        gen, seed = self.prepare(prompts, o)
+        mbd = self.mbd if o.decoder == "mbd" else None  # fetched before the long part, so a download error is early
+        total = gen.total + (mbd.total_steps if mbd is not None else 0)
+        gen.begin()
+        while not gen.done:
+            decode_steps(self.lm, [gen], self.step_fn)
+            yield StreamStep(gen.step, total, gen.frames().cpu())
+        yield self.output(gen.frames(), o.decoder, seed, decode=decode, progress=progress, steps_before=gen.total)
+
+    def prepare(self, prompts: str | Sequence[str], o: GenerationOptions) -> tuple[Generation, int]:
+        """What a generation needs before its first decode step (checks, text states, the user's audio
+        encoded, the windows), not begun yet; and its seed."""
         prompts = check_prompts(prompts)
         frames, B, seed = self._frames(o.duration), len(prompts), seed_of(o)
         wave = melody_wave(self.chroma, o.melody, B, frames / self.frame_rate, self.name)
         head = self._encode_head(o.continue_from, B, frames, o.duration)
         window, stride = round(WINDOW * self.frame_rate), round(o.extend_stride * self.frame_rate)
         plan = plan_windows(frames, window, stride, head.shape[-1])
-        generator = torch.Generator(self.device).manual_seed(seed)
         text, mask = self.encode_text(prompts)
-        lm_total = sum(w.new + max(self.cfg.lm.delays) for w in plan)
-        mbd = self.mbd if o.decoder == "mbd" else None  # fetched before the long part, so a download error is early
-        total = lm_total + (mbd.total_steps if mbd is not None else 0)
         params = SamplingParams(o.top_k, float(o.top_p), float(o.temperature), float(o.cfg_coef))
+        generator = torch.Generator(self.device).manual_seed(seed)
 
         def chroma_of(w: Window) -> torch.Tensor | None:
             if self.chroma is None:
                 return None
             return window_chroma(self.chroma, wave, B, w, len(plan) > 1, self.frame_rate, WINDOW).to(self.device)
 
-        piece = head
-        for done, piece in run_windows(self.lm, plan, text, mask, params, generator, chroma_of, head, self.step_fn):
-            yield StreamStep(done, total, piece.cpu())
+        return Generation(self.lm, text, mask, plan, params, generator, head, chroma_of), seed
+
+    def output(self, tokens: torch.Tensor, decoder: str, seed: int, *, decode: bool = True,
+               progress: ProgressFn | None = None, steps_before: int = 0) -> GenerationOutput:
+        """Finished tokens [B, K, T] -> the `GenerationOutput` (decoded unless decode=False; with "mbd" the
+        diffusion steps are reported to `progress` after the `steps_before` decode steps)."""
         release_free_memory()  # the KV cache's pages go back to the OS before the decoder needs its own
-        audio = self.decode(piece) if decode else None
-        if mbd is None:
-            yield GenerationOutput(audio, piece.cpu(), self.sample_rate, seed)
-            return
-        tick = (lambda s, _: progress(lm_total + s, total)) if progress is not None else None
-        yield GenerationOutput(self.decode(piece, "mbd", seed=seed, progress=tick), piece.cpu(), self.sample_rate,
-                               seed, audio_encodec=audio)
+        audio = self.decode(tokens) if decode else None
+        if decoder != "mbd":
+            return GenerationOutput(audio, tokens.cpu(), self.sample_rate, seed)
+        total = steps_before + self.mbd.total_steps
+        tick = (lambda s, _: progress(steps_before + s, total)) if progress is not None else None
+        return GenerationOutput(self.decode(tokens, "mbd", seed=seed, progress=tick), tokens.cpu(), self.sample_rate,
+                                seed, audio_encodec=audio)
 
     def _encode_head(self, clip: Clip | None, batch: int, frames: int, duration: float) -> torch.Tensor:
         """The frames the piece starts with [B, K, P]: the user's audio to continue, encoded (P = 0 without)."""

@@ -65,6 +65,24 @@ def test_dynamic_int8_full_range_does_not_saturate() -> None:
     torch.testing.assert_close(q(x)[0, :2], torch.tensor([1023.0, -1023.0]), rtol=1e-5, atol=1e-3)
 
 
+@needs_fbgemm
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_dynamic_int8_rows_are_exact_and_independent(reduce_range: bool) -> None:
+    """Each row is quantized with its own scale and summed exactly in integers: the result equals integer
+    arithmetic done here, and a row's result does not depend on which other rows share the batch."""
+    q = DynamicInt8Linear(torch.randn(96, 256) * 0.05)
+    q.reduce_range = reduce_range or not layout.has_vnni()
+    x = torch.randn(9, 256) * torch.logspace(-3, 2, 9)[:, None]  # rows of very different magnitudes
+    y = q(x)
+    s = x.abs().amax(1, keepdim=True) / q.half
+    w = q.packed.unpack()[0]
+    acc = torch.round(x / s).long() @ w.int_repr().long().t()  # int64: the exact integer sums
+    assert torch.equal(y, (acc.float() * w.q_per_channel_scales().float()) * s)
+    for rows in ([0], [4], [8, 1], [3, 7, 5], list(range(9))[::-1]):
+        assert torch.equal(q(x[rows]), y[rows])
+    assert torch.equal(q(torch.zeros(2, 256)), torch.zeros(2, 96))
+
+
 @pytest.fixture(scope="module")
 def int8(checkpoints) -> MusicGen:
     return MusicGen.from_pretrained(checkpoints["current"][1], device="cpu", quantize="int8")

@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import PROMPTS, transformers_tokens
 
-import musicgen.longform as longform_mod
 from musicgen import InvalidInputError, MusicGen
+from musicgen.generate import Generation
 from musicgen.longform import Window, plan_windows
+from musicgen.sampling import undelay
 
 SR = 32000
 
@@ -66,23 +67,25 @@ def test_continuation_resamples_and_errors(small: MusicGen) -> None:
 def long_piece(small: MusicGen) -> dict:
     """A 75 s piece with every window's prompt and output captured, and the progress calls."""
     windows: list[tuple[torch.Tensor | None, torch.Tensor, int]] = []
-    original = longform_mod.iter_steps
+    start, advance = Generation._start, Generation.advance
+    prompts: dict[int, torch.Tensor | None] = {}
 
-    def spy(lm, text, mask, frames, params, generator, chroma, step_fn, prompt):
-        seq = None
-        for event in original(lm, text, mask, frames, params, generator, chroma, step_fn, prompt):
-            seq = event[2]
-            yield event
-        from musicgen.sampling import undelay
+    def spy_start(self: Generation, index: int) -> None:  # the prompt each window is given
+        start(self, index)
+        w = self.plan[index]
+        prompts[index] = self.piece[..., w.offset : w.offset + w.prompt].clone() if w.prompt else None
 
-        windows.append((prompt, undelay(seq, lm.cfg.delays, frames), frames))
+    def spy_advance(self: Generation, logits: torch.Tensor) -> None:  # each window's tokens when it ends
+        index, seq, w = self.window, self.seq, self.w
+        advance(self, logits)
+        if self.done or self.window != index:
+            windows.append((prompts[index], undelay(seq, self.delays, w.frames), w.frames))
 
     calls: list[tuple[int, int]] = []
-    longform_mod.iter_steps = spy
-    try:
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Generation, "_start", spy_start)
+        m.setattr(Generation, "advance", spy_advance)
         out = small.generate(["ambient drone"], 75, seed=5, progress=lambda s, t: calls.append((s, t)))
-    finally:
-        longform_mod.iter_steps = original
     return {"out": out, "windows": windows, "calls": calls}
 
 

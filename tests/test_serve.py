@@ -1,0 +1,204 @@
+"""Continuous batching: requests that join and leave a running batch get their solo tokens bit for bit."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.melody_checkpoints import build_melody_checkpoint
+
+from musicgen import InvalidInputError, MusicGen
+from musicgen.pipeline import GenerationOutput, StreamStep
+from musicgen.serve import Queued, Scheduler, SlotCache
+
+SR = 32000
+
+
+@pytest.fixture(scope="module")
+def int8(checkpoints) -> MusicGen:
+    return MusicGen.from_pretrained(checkpoints["current"][1], device="cpu", quantize="int8")
+
+
+@pytest.fixture(scope="module")
+def mel8(tmp_path_factory: pytest.TempPathFactory) -> MusicGen:
+    _, folder = build_melody_checkpoint(tmp_path_factory.mktemp("serve-mel") / "m", seed=11)
+    return MusicGen.from_pretrained(Path(folder), device="cpu", quantize="int8")
+
+
+def tone(seconds: float, hz: float = 220.0) -> torch.Tensor:
+    t = torch.arange(int(seconds * SR)) / SR
+    return 0.4 * torch.sin(2 * torch.pi * hz * t) + 0.2 * torch.sin(2 * torch.pi * 1.5 * hz * t)
+
+
+def run_staggered(sched: Scheduler, requests: list[tuple[int, str | list[str], dict]]) -> list[torch.Tensor]:
+    """Each (join_at, prompts, options) is submitted from its own thread once the loop has run `join_at`
+    decode steps; -> their tokens, in order."""
+    out: list[torch.Tensor | BaseException | None] = [None] * len(requests)
+
+    def client(i: int, join_at: int, prompts: str | list[str], kw: dict) -> None:
+        while sched.steps < join_at:
+            time.sleep(0.0005)
+        try:
+            out[i] = sched.generate(prompts, **kw).tokens
+        except BaseException as e:
+            out[i] = e
+
+    threads = [threading.Thread(target=client, args=(i, *r)) for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for o in out:
+        if isinstance(o, BaseException):
+            raise o
+    return out  # type: ignore[return-value]
+
+
+def solo(mg: MusicGen, prompts: str | list[str], kw: dict) -> torch.Tensor:
+    return mg.generate(prompts, **kw).tokens
+
+
+REQUESTS = [  # (join at step, prompts, options): greedy, sampled with seeds, top-p, no guidance, continuation
+    (0, "lofi hip hop beat", {"duration": 3.0, "temperature": 0}),
+    (15, "80s synthwave", {"duration": 2.0, "seed": 1}),
+    (40, ["jazz trio", "techno"], {"duration": 1.5, "seed": 2, "top_k": 50, "temperature": 1.3, "cfg_coef": 5.0}),
+    (60, "ambient", {"duration": 1.0, "seed": 3, "top_p": 0.9}),
+    (70, "folk", {"duration": 1.2, "seed": 4, "cfg_coef": 1.0}),
+    (80, "piano", {"duration": 2.0, "seed": 5, "continue_from": (tone(0.6), SR)}),
+]
+
+
+def test_staggered_requests_get_their_solo_tokens(int8: MusicGen) -> None:
+    want = [solo(int8, p, kw) for _, p, kw in REQUESTS]
+    sched = Scheduler(int8, max_rows=16)
+    try:
+        got = run_staggered(sched, REQUESTS)
+        assert sched.peak_rows >= 6  # they did share decode steps
+    finally:
+        sched.close()
+    for (_, _, kw), w, g in zip(REQUESTS, want, got, strict=True):
+        assert g.shape == w.shape == (w.shape[0], 4, round(kw["duration"] * 50))
+        assert torch.equal(g, w), kw
+
+
+def test_a_long_piece_among_short_ones(int8: MusicGen) -> None:
+    """A 34 s piece (two windows: its second one is prepared while the others keep stepping) beside short
+    requests that join during its first and its second window."""
+    requests = [(0, "drum and bass", {"duration": 34.0, "seed": 8, "extend_stride": 25.0}),
+                (100, "bossa nova", {"duration": 2.0, "seed": 9}),
+                (1500, "reggae", {"duration": 1.0, "seed": 10, "temperature": 0})]
+    want = [solo(int8, p, kw) for _, p, kw in requests]
+    sched = Scheduler(int8, max_rows=8)
+    try:
+        got = run_staggered(sched, requests)
+    finally:
+        sched.close()
+    for w, g in zip(want, got, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_melody_requests_get_their_solo_tokens(mel8: MusicGen) -> None:
+    requests = [(0, "a tune", {"duration": 2.0, "seed": 1, "melody": (tone(3.0), SR)}),
+                (10, "a much longer text prompt with several more tokens in it", {"duration": 1.5, "seed": 2}),
+                (25, "x", {"duration": 1.0, "temperature": 0, "melody": (tone(2.0, 330.0), SR)}),
+                (30, "continue", {"duration": 1.6, "seed": 3, "continue_from": (tone(0.5, 440.0), SR)})]
+    want = [solo(mel8, p, kw) for _, p, kw in requests]
+    sched = Scheduler(mel8, max_rows=8)
+    try:
+        got = run_staggered(sched, requests)
+        assert sched.peak_rows >= 4
+    finally:
+        sched.close()
+    for w, g in zip(want, got, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_cancelling_one_of_three_leaves_the_others_unchanged(int8: MusicGen) -> None:
+    kws = [{"duration": 2.0, "seed": s} for s in (21, 22, 23)]
+    want = [solo(int8, "house", kw) for kw in kws]
+    sched = Scheduler(int8, max_rows=6)
+    got: dict[int, torch.Tensor] = {}
+
+    def client(i: int) -> None:
+        got[i] = sched.generate("house", **kws[i]).tokens
+
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in (0, 2)]
+        for t in threads:
+            t.start()
+        events = sched.stream("house", **kws[1])
+        for event in events:
+            if isinstance(event, StreamStep) and event.step >= 20:
+                break
+        events.close()  # the cancel: its rows are freed at the next step
+        for t in threads:
+            t.join(timeout=120)
+        assert sched.load == (0, 0) and all(sched.cache.free)
+    finally:
+        sched.close()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
+
+
+def test_full_batch_queues_in_order_and_reuses_rows(int8: MusicGen) -> None:
+    """Two rows per guided request: with 4 rows the third waits (told its place), then takes freed rows."""
+    sched = Scheduler(int8, max_rows=4)
+    try:
+        first = [sched.stream("a", duration=20.0, seed=i) for i in range(2)]
+        for s in first:
+            while not isinstance(next(s), StreamStep):
+                pass
+        third = sched.stream("c", duration=0.5, seed=3)
+        event = next(third)
+        assert event == Queued(0) and sched.load == (2, 1)
+        first[0].close()  # a cancel frees two rows: the third joins
+        rest = list(third)
+        assert isinstance(rest[-1], GenerationOutput) and isinstance(list(first[1])[-1], GenerationOutput)
+        assert torch.equal(rest[-1].tokens, solo(int8, "c", {"duration": 0.5, "seed": 3}))
+    finally:
+        sched.close()
+
+
+def test_memory_stays_bounded_over_many_joins(int8: MusicGen) -> None:
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+    sched = Scheduler(int8, max_rows=8)
+    try:
+        run_staggered(sched, [(0, "warm up", {"duration": 0.5, "seed": 0})] * 4)
+        before = rss()
+        run_staggered(sched, [(i * 3, f"prompt {i}", {"duration": 0.3 + 0.02 * i, "seed": i}) for i in range(50)])
+        assert all(sched.cache.free) and sched.load == (0, 0)
+        assert rss() - before < 64 << 20
+    finally:
+        sched.close()
+
+
+def test_bad_requests_fail_alone(int8: MusicGen) -> None:
+    sched = Scheduler(int8, max_rows=4)
+    try:
+        with pytest.raises(InvalidInputError, match="at most 4"):
+            sched.generate(["a", "b", "c"], duration=0.5)
+        with pytest.raises(InvalidInputError, match="duration"):
+            sched.generate("a", duration=-1)
+        assert torch.equal(sched.generate("a", duration=0.4, seed=5).tokens,
+                           solo(int8, "a", {"duration": 0.4, "seed": 5}))
+    finally:
+        sched.close()
+
+
+def test_slot_cache_first_fit() -> None:
+    class Tiny:
+        class cfg:  # noqa: N801 (a stand-in config)
+            class lm:  # noqa: N801
+                num_layers, num_heads, head_dim = 1, 1, 2
+
+        device, lm = torch.device("cpu"), type("L", (), {"dtype": torch.float32})()
+
+    cache = SlotCache(Tiny, 6, 4)  # type: ignore[arg-type]
+    assert cache.take(2) == 0 and cache.take(2) == 2 and cache.take(4) is None
+    cache.give(0, 2)
+    assert cache.take(4) is None and cache.take(2) == 0 and cache.take(2) == 4 and cache.take(1) is None
+    assert cache.view(2, 2, 3).k.shape == (1, 2, 1, 3, 2)

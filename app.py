@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import pydantic
@@ -35,6 +36,7 @@ from musicgen import DownloadError, MusicGen, MusicGenError, media, session, stu
 from musicgen.layout import QUANTIZE
 from musicgen.options import MAX_DURATION, GenerationOptions
 from musicgen.pipeline import default_device
+from musicgen.serve import MAX_ROWS
 
 log = logging.getLogger("musicgen.app")
 
@@ -81,8 +83,13 @@ class Job:
 class Studio:
     """Server state shared by every visitor: the model cache, output files, what the engine can do."""
 
-    def __init__(self, device: str | None = None, stream: bool | None = None, **load_kwargs: object) -> None:
-        self.cache = studio.ModelCache(device=device, **load_kwargs)
+    def __init__(self, device: str | None = None, stream: bool | None = None, batch_rows: int | None = None,
+                 **load_kwargs: object) -> None:
+        rows = 0 if _spaces() is not None else MAX_ROWS if batch_rows is None else batch_rows
+        self.cache = studio.ModelCache(device=device, batch_rows=rows, **load_kwargs)
+        # visitors generating at once: a scheduler runs rows // 2 guided requests per step and queues the rest
+        # (showing each its place); without one (ZeroGPU: the GPU is lent per call), one at a time
+        self.concurrency = max(1, rows)
         self.stream = shutil.which("ffmpeg") is not None if stream is None else stream  # Gradio encodes with it
         self.out_dir = Path(tempfile.mkdtemp(prefix="musicgen-studio-"))
         self.stops = studio.StopRequests()
@@ -109,7 +116,8 @@ class Studio:
     def _run_events(self, repo: str, req: studio.Request, melody: session.Clip | None,
                     continuation: session.Clip | None, stream: bool) -> Iterator[session.Event]:
         """The GPU part (what `spaces.GPU` wraps on ZeroGPU): the model is loaded before, outside it."""
-        yield from session.run(self.cache.get(repo), req, melody, continuation=continuation, stream=stream)
+        mg, engine = self.cache.engine(repo)
+        yield from session.run(mg, req, melody, continuation=continuation, stream=stream, engine=engine)
 
     def output_path(self, seed: int, tag: str = "") -> Path:
         """A new file name for one result: unique per request (two visitors with the same seed in the same
@@ -122,11 +130,19 @@ class Studio:
         return self.out_dir / f"musicgen-{seed}{tag}-{uuid.uuid4().hex[:12]}.wav"
 
 
-def _zero_gpu(fn: Callable) -> Callable:
-    """On a ZeroGPU Space, `spaces.GPU` with a time budget estimated from the request; elsewhere `fn`."""
+def _spaces() -> Any:
+    """Hugging Face's `spaces` package (present on a ZeroGPU Space), else None."""
     try:
         import spaces  # type: ignore[import-not-found]
     except ImportError:
+        return None
+    return spaces
+
+
+def _zero_gpu(fn: Callable) -> Callable:
+    """On a ZeroGPU Space, `spaces.GPU` with a time budget estimated from the request; elsewhere `fn`."""
+    spaces = _spaces()
+    if spaces is None:
         return fn
 
     def budget(repo: str, req: studio.Request, melody: object, continuation: object, stream: bool) -> int:
@@ -185,6 +201,9 @@ def status_html(text: str, fraction: float | None = None, error: bool = False) -
 
 def progress_status(event: session.Progress, duration: float, started: float) -> str:
     elapsed = time.monotonic() - started
+    if event.stage == "queue":
+        ahead = f"{event.done} request{'s' if event.done != 1 else ''} ahead of you" if event.done else "next in line"
+        return status_html(f"Waiting for room in the batch: {ahead} ({elapsed:.0f} s)")
     if event.stage == "frames":
         seconds = duration * event.done / max(event.total, 1)
         text = f"Generating: {event.done} / {event.total} frames ({seconds:.1f} s of audio, {elapsed:.0f} s)"
@@ -386,7 +405,9 @@ def api_generate(st: Studio) -> Callable[..., Iterator]:
             shown = time.monotonic()
             with closing(events):
                 for event in events:
-                    if isinstance(event, session.Progress):
+                    if isinstance(event, session.Progress) and event.stage == "queue":
+                        progress((0, None), desc=f"Waiting for room in the batch ({event.done} ahead)")
+                    elif isinstance(event, session.Progress):
                         unit = "frames" if event.stage == "frames" else "diffusion steps"
                         progress((event.done, event.total), desc="Generating", unit=unit)
                         if time.monotonic() - shown > PROGRESS_EVERY:
@@ -414,7 +435,7 @@ def wire(st: Studio, page: Page) -> None:
     armed = gr.on([page.generate.click, page.fields["prompt"].submit], arm, outputs=[page.status, page.run_id],
                   **quick)
     armed.then(run, inputs=[*page.inputs, page.run_id], outputs=page.outputs, show_progress="hidden",
-               api_visibility="private", concurrency_id="musicgen", concurrency_limit=1)
+               api_visibility="private", concurrency_id="musicgen", concurrency_limit=st.concurrency)
     # Stop is cooperative (the run ends itself at its next step): Gradio's `cancels` raced with the
     # streamed outputs in 6.31 and could leave the page believing the run was still going
     def stop(request: gr.Request) -> None:
@@ -422,7 +443,7 @@ def wire(st: Studio, page: Page) -> None:
 
     page.stop.click(stop, **quick)
     gr.on([], api_generate(st), inputs=page.inputs, outputs=[page.result], api_name="generate",
-          concurrency_id="musicgen", concurrency_limit=1)
+          concurrency_id="musicgen", concurrency_limit=st.concurrency)
     hint_inputs = [page.fields[k] for k in ("model_size", "stereo", "melody", "decoder")]
     gr.on([c.change for c in hint_inputs], _hint, inputs=hint_inputs, outputs=page.hint, **quick)
     page.dice.click(studio.fresh_seed, outputs=page.fields["seed"], **quick)
@@ -446,6 +467,9 @@ def parser() -> argparse.ArgumentParser:
                    help="int8 language model, ~2.6x faster on CPU; int8-weight-only: float activations, closer "
                    "to float32 [auto: int8 on CPU, none on CUDA]")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting at most [16]")
+    p.add_argument("--batch-rows", type=int, default=MAX_ROWS,
+                   help=f"decode-step rows shared by visitors, 2 per request (continuous batching); 0: one "
+                   f"generation at a time [{MAX_ROWS}]")
     return p
 
 
@@ -479,7 +503,7 @@ def readable_input_errors(demo: gr.Blocks) -> None:
 
 def serve(st: Studio, *, share: bool = False, server_name: str | None = None, port: int | None = None,
           max_queue: int = 16, prevent_thread_lock: bool = False, quiet: bool = False) -> tuple[gr.Blocks, str]:
-    """Build the page, queue it (one generation at a time, at most `max_queue` waiting) and start serving;
+    """Build the page, queue it (`st.concurrency` generations at once, at most `max_queue` waiting) and serve;
     returns (demo, local URL)."""
     demo = build_demo(st)
     readable_input_errors(demo)
@@ -503,7 +527,7 @@ def default_quantize(choice: str, device: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    st = Studio(device=args.device, quantize=default_quantize(args.quantize, args.device))
+    st = Studio(device=args.device, batch_rows=args.batch_rows, quantize=default_quantize(args.quantize, args.device))
     log.info("device %s; live preview %s", st.cache.device, "on" if st.stream else "off (install ffmpeg)")
     serve(st, share=args.share, server_name=args.server_name, port=args.port, max_queue=args.max_queue)
 

@@ -21,13 +21,14 @@ import torch
 
 from .options import Clip, GenerationOptions, options
 from .pipeline import GenerationOutput, MusicGen, StreamStep
+from .serve import Queued, Scheduler
 from .streaming import StreamDecoder
 from .studio import Request, fresh_seed
 
 
 @dataclass(frozen=True)
 class Progress:
-    stage: str  # "frames" (token generation) or "diffusion" (diffusion decoder steps)
+    stage: str  # "queue" (waiting: `done` requests ahead), "frames" (token generation) or "diffusion" (its steps)
     done: int
     total: int
 
@@ -86,9 +87,10 @@ class _Stopped(Exception):
 _END = object()
 
 
-def _engine_items(mg: MusicGen, prompt: str, o: GenerationOptions, decode: bool) -> Iterator[object]:
-    """The engine's steps, produced in a worker thread: StreamStep, ("tick", step, total) from the progress
-    callback, GenerationOutput. Closing this iterator stops the worker at its next step."""
+def _engine_items(engine: MusicGen | Scheduler, prompt: str, o: GenerationOptions, decode: bool) -> Iterator[object]:
+    """The engine's steps, produced in a worker thread: Queued (a scheduler's line), StreamStep, ("tick", step,
+    total) from the progress callback, GenerationOutput. Closing this iterator stops the worker at its next
+    step (and takes the request out of a scheduler's batch)."""
     items: queue.Queue = queue.Queue()
     stop = threading.Event()
 
@@ -102,7 +104,7 @@ def _engine_items(mg: MusicGen, prompt: str, o: GenerationOptions, decode: bool)
     def work() -> None:
         steps = None
         try:
-            steps = mg.stream(prompt, options=o, progress=progress, decode=decode)
+            steps = engine.stream(prompt, options=o, progress=progress, decode=decode)
             for item in steps:
                 items.put(item)
                 if stop.is_set():
@@ -135,11 +137,12 @@ def _peek(q: queue.Queue) -> object:
 
 
 def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation: Clip | None = None,
-        stream: bool = True,
+        stream: bool = True, engine: MusicGen | Scheduler | None = None,
         chunk_seconds: float = 1.5, max_piece: float = 2.0, clock: Callable[[], float] = time.perf_counter,
         ) -> Iterator[Event]:
     """Generate `req` with `mg`: `Progress` as decode (and diffusion) steps complete, `Chunk`s of new
-    audio (when `stream`), the `Result` last. Closing the iterator stops the engine (cancel). With
+    audio (when `stream`), the `Result` last; with a scheduler as `engine`, `Progress("queue", ahead, 0)` while
+    the request waits for room in its batch. Closing the iterator stops the engine (cancel). With
     `continuation` the piece starts with that audio (re-encoded) and the chunks play it first.
 
     The token prefix is decoded every `chunk_seconds` of wall time (every 0.25 s until playback starts).
@@ -161,8 +164,11 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     o = generation_options(req, seed, melody, continuation)
     decoded: list[np.ndarray] = []  # every sample the StreamDecoder produced, sent or not
     # with a StreamDecoder every sample is decoded on the way: no second EnCodec pass at the end
-    for item in _engine_items(mg, req.prompt, o, decode=live is None):
-        if isinstance(item, tuple):  # ("tick", step, total): the diffusion decoder's steps after the tokens
+    for item in _engine_items(engine or mg, req.prompt, o, decode=live is None):
+        if isinstance(item, Queued):
+            start = clock()  # the generation's time counts from when it leaves the line
+            yield Progress("queue", item.ahead, 0)
+        elif isinstance(item, tuple):  # ("tick", step, total): the diffusion decoder's steps after the tokens
             yield Progress("diffusion", item[1] - lm_steps, item[2] - lm_steps)
         elif isinstance(item, GenerationOutput):
             out = item

@@ -22,6 +22,7 @@ import torch
 from .errors import InvalidInputError
 from .options import DECODERS, MAX_DURATION
 from .pipeline import MusicGen, default_device
+from .serve import Scheduler
 
 SIZES = ("small", "medium", "large")
 DECODER_LABELS = {"encodec": "EnCodec", "mbd": "Multi-band diffusion"}  # options.DECODERS, as the page names them
@@ -216,15 +217,19 @@ def describe_oom(device: torch.device | str | None) -> str:
 
 class ModelCache:
     """One model in memory at a time, loaded on demand under a lock; switching frees the previous one
-    first, so peak memory is one model (plus whatever a cancelled run still holds until it stops)."""
+    first, so peak memory is one model (plus whatever a cancelled run still holds until it stops). With
+    `batch_rows`, the model's requests share decode steps through a `serve.Scheduler` of that many rows; a
+    request for another model then waits until the running batch is done before the switch."""
 
     def __init__(self, loader: Callable[[str], MusicGen] | None = None, device: str | None = None,
-                 **load_kwargs: object) -> None:
+                 batch_rows: int = 0, **load_kwargs: object) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self._loader = loader or (lambda repo: MusicGen.from_pretrained(repo, device=self.device, **load_kwargs))
         self._lock = threading.Lock()
         self._repo: str | None = None
         self._model: MusicGen | None = None
+        self.batch_rows = batch_rows
+        self._scheduler: Scheduler | None = None
 
     @property
     def current(self) -> str | None:
@@ -242,11 +247,26 @@ class ModelCache:
             self._model, self._repo = model, repo
             return model
 
+    def engine(self, repo: str, on_load: Callable[[str], None] | None = None) -> tuple[MusicGen, MusicGen | Scheduler]:
+        """(the model, what runs its generations: its scheduler with `batch_rows`, else the model itself)."""
+        mg = self.get(repo, on_load)
+        with self._lock:
+            if not self.batch_rows:
+                return mg, mg
+            if self._scheduler is None or self._scheduler.mg is not mg:
+                self._scheduler = Scheduler(mg, self.batch_rows)
+            return mg, self._scheduler
+
     def free(self) -> None:
         with self._lock:
             self._free_locked()
 
     def _free_locked(self) -> None:
+        if self._scheduler is not None:  # its requests finish first (new ones wait for the lock meanwhile)
+            while self._scheduler.load != (0, 0):
+                time.sleep(0.05)
+            self._scheduler.close()
+            self._scheduler = None
         if self._model is None:
             return
         self._model, self._repo = None, None

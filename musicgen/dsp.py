@@ -1,4 +1,4 @@
-"""The engine's only door to torchaudio: resampling and the melody STFT.
+"""The engine's only door to torchaudio: resampling, the melody STFT and loudness (ITU-R BS.1770).
 
 torchaudio ships a native library built against one exact torch release; a mismatched pair (pip happily
 resolves torch 2.11.0 with torchaudio 2.11.1) fails at import with an undefined symbol. That failure is
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from importlib import metadata
 
+import numpy as np
 import torch
 
 from .errors import InvalidInputError
@@ -80,3 +81,23 @@ def power_spectrogram(n_fft: int, hop_length: int) -> torch.nn.Module:
     [..., S] -> [..., n_fft // 2 + 1, frames]."""
     return torchaudio.transforms.Spectrogram(n_fft=n_fft, win_length=n_fft, hop_length=hop_length, power=2,
                                              center=True, normalized=True)
+
+
+# ITU-R BS.1770-4 as torchaudio measures it: 400 ms gating blocks, 75 % overlap, at most 5 channels (weights
+# 1, 1, 1, 1.41, 1.41), absolute gate -70 LUFS then relative gate -10 LU.
+LOUDNESS_BLOCK_SECONDS = 0.4
+LOUDNESS_CHANNELS_MAX = 5
+
+
+def loudness(wave: torch.Tensor | np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness of [C, S] audio in LUFS (torchaudio.functional.loudness, what audiocraft's
+    normalize_loudness measures with), or NaN when there is nothing to measure: shorter than one 400 ms block
+    (torchaudio would raise), or every block below the -70 LUFS gate (silence). Its K-weighting filters
+    clamp to +-1 (torchaudio's lfilter), so audio far above full scale measures low, as in audiocraft."""
+    x = torch.as_tensor(wave, dtype=torch.float32)
+    if x.dim() != 2 or not 1 <= x.shape[0] <= LOUDNESS_CHANNELS_MAX:
+        raise InvalidInputError(f"loudness is measured on [channels, samples] audio with 1 to "
+                                f"{LOUDNESS_CHANNELS_MAX} channels, not shape {tuple(x.shape)}")
+    if x.shape[1] < round(LOUDNESS_BLOCK_SECONDS * sample_rate):
+        return math.nan
+    return float(torchaudio.functional.loudness(x, sample_rate))

@@ -1,5 +1,5 @@
-"""Audio files in and out for the web app: 16-bit WAV, uploads (melody, audio to continue), and a waveform +
-spectrogram picture.
+"""Audio files in and out for the web app: files written (WAV 16 / 24-bit, FLAC, MP3, Ogg Vorbis), uploads
+(melody, audio to continue), and a waveform + spectrogram picture.
 
 Uploads are bounded in what they cost (see "uploads" below): the header is checked before decoding, only
 the part that is used is decoded, in blocks, each mixed down at once into one preallocated float32 array.
@@ -10,6 +10,7 @@ each channel, and a log-magnitude STFT on a mel-spaced frequency axis with a mag
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import shutil
@@ -35,25 +36,70 @@ CONTINUE_MIN_SECONDS = 0.1  # a few EnCodec frames (50 per second)
 SILENCE_PEAK = 10 ** (-60 / 20)  # a melody whose peak is below -60 dBFS carries no tune
 
 
-# ---------------------------------------------------------------------------------------------------- WAV
-def _pcm16(audio: np.ndarray) -> np.ndarray:
-    """[C, S] float in [-1, 1] -> [S, C] int16 (what soundfile writes as PCM_16)."""
-    audio = np.clip(np.nan_to_num(np.asarray(audio, dtype=np.float32)), -1.0, 1.0)
-    return np.round(audio.T * 32767.0).astype(np.int16)
+# ---------------------------------------------------------------------------------------------------- WAV, files
+# Output formats: name -> (extension, soundfile format, subtype). MP3 (libsndfile >= 1.1) is written at 320 kbps
+# constant as audiocraft's audio_write does (MP3_OPTIONS: compression level 0 is libsndfile's highest rate).
+FORMATS = {"wav": (".wav", "WAV", "PCM_16"), "wav24": (".wav", "WAV", "PCM_24"), "flac": (".flac", "FLAC", "PCM_16"),
+           "mp3": (".mp3", "MP3", "MPEG_LAYER_III"), "ogg": (".ogg", "OGG", "VORBIS")}
+MP3_OPTIONS = {"bitrate_mode": "CONSTANT", "compression_level": 0.0}
+MP3_RATES = (8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)  # what libsndfile says MPEG has
+SUFFIXES = {".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".ogg": "ogg"}  # output file extension -> format
+
+
+def _samples(audio: np.ndarray, subtype: str) -> np.ndarray:
+    """[C, S] float -> [S, C] as written, clipped to +-1 (NaN as 0): int16 x 32767 (PCM_16), int32 x (2^23 - 1)
+    moved to the top 24 bits (PCM_24: soundfile keeps those), float32 for the encoders."""
+    x = np.clip(np.nan_to_num(np.asarray(audio, dtype=np.float32)), -1.0, 1.0).T
+    if subtype == "PCM_16":
+        return np.round(x * 32767.0).astype(np.int16)
+    if subtype == "PCM_24":
+        return np.round(x.astype(np.float64) * (2**23 - 1)).astype(np.int32) << 8
+    return np.ascontiguousarray(x)
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     """[C, S] float audio -> a complete 16-bit PCM WAV file in memory (a streamed chunk)."""
     buf = io.BytesIO()
-    sf.write(buf, _pcm16(audio), sample_rate, format="WAV", subtype="PCM_16")
+    sf.write(buf, _samples(audio, "PCM_16"), sample_rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
 
 
-def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
-    """[C, S] float audio -> a 16-bit PCM WAV file at `path`."""
-    path = Path(path)
-    sf.write(str(path), _pcm16(audio), sample_rate, subtype="PCM_16")
+def format_of_path(path: str | Path) -> str:
+    """The format an output file name asks for by its extension (`-o song.flac` -> "flac")."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIXES:
+        what = f"{suffix} files are not written" if suffix else "it has no extension"
+        raise InvalidInputError(f"cannot write {Path(path).name}: {what}; name it {', '.join(SUFFIXES)}")
+    return SUFFIXES[suffix]
+
+
+def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, fmt: str = "wav") -> Path:
+    """[C, S] float audio -> a file in format `fmt` (one of FORMATS) at `path`, its extension made the format's
+    (added, or in place of another one of SUFFIXES). Returns the path written."""
+    if fmt not in FORMATS:
+        raise InvalidInputError(f"unknown output format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    (suffix, container, subtype), path = FORMATS[fmt], Path(path)
+    if container not in sf.available_formats() or subtype not in sf.available_subtypes(container):
+        raise InvalidInputError(f"cannot write {fmt}: this libsndfile {sf.__libsndfile_version__} lacks {subtype} "
+                                "(MP3 needs libsndfile >= 1.1 with LAME and mpg123); choose wav, flac or ogg")
+    if path.suffix.lower() != suffix:
+        path = path.with_suffix(suffix) if path.suffix.lower() in SUFFIXES else Path(f"{path}{suffix}")
+    if container == "MP3" and sample_rate not in MP3_RATES:
+        raise InvalidInputError(f"MP3 (MPEG-1/2/2.5) has no {sample_rate:,} Hz: write wav, flac or ogg, or resample "
+                                f"to one of {', '.join(f'{r:,}' for r in MP3_RATES)} Hz")
+    try:
+        sf.write(str(path), _samples(audio, subtype), sample_rate, format=container, subtype=subtype,
+                 **(MP3_OPTIONS if container == "MP3" else {}))
+    except BaseException:  # no half-written file left behind (as audio_write)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """[C, S] float audio -> a 16-bit PCM WAV file at `path` (".wav" added when it has no such extension)."""
+    return write_audio(path, audio, sample_rate, "wav")
 
 
 # ---------------------------------------------------------------------------------------------------- uploads

@@ -347,3 +347,64 @@ def test_audio_to_continue_files(tmp_path) -> None:
     (tmp_path / "junk.wav").write_text("not audio")
     with pytest.raises(InvalidInputError, match="cannot read the audio to continue file junk.wav"):
         media.load_continuation(tmp_path / "junk.wav")
+
+
+# ------------------------------------------------------------------------------------------- output formats
+def test_format_of_path() -> None:
+    names = ("a.wav", "b.FLAC", "dir.x/c.mp3", "d.ogg")
+    assert [media.format_of_path(p) for p in names] == ["wav", "flac", "mp3", "ogg"]
+    with pytest.raises(InvalidInputError, match=r"cannot write song.aiff: .aiff files are not written; name it .wav"):
+        media.format_of_path("song.aiff")
+    with pytest.raises(InvalidInputError, match="song: it has no extension"):
+        media.format_of_path("out/song")
+
+
+@pytest.mark.parametrize("fmt", list(media.FORMATS))
+@pytest.mark.parametrize("channels", [1, 2])
+def test_each_format_reads_back(tmp_path: Path, fmt: str, channels: int) -> None:
+    """Written as that container / subtype, with its channels and rate; lossless formats to the last bit
+    (PCM_16: x 32767, PCM_24: x (2^23 - 1), rounded), lossy ones close on a tone."""
+    suffix, container, subtype = media.FORMATS[fmt]
+    t = np.arange(2 * 32000) / 32000
+    audio = np.stack([(0.5 / (c + 1)) * np.sin(2 * np.pi * 440 * (c + 1) * t) for c in range(channels)])
+    audio[:, 1000:1002] = [1.0, -1.0]  # full scale both ways
+    audio = audio.astype(np.float32)
+    path = media.write_audio(tmp_path / "take", audio, 32000, fmt)
+    assert path == tmp_path / f"take{suffix}" and path.is_file()
+    info = sf.info(str(path))
+    assert (info.format, info.subtype, info.channels, info.samplerate) == (container, subtype, channels, 32000)
+    if subtype == "PCM_16":
+        data, _ = sf.read(str(path), dtype="int16", always_2d=True)
+        assert np.abs(data.T / 32767 - audio).max() <= 0.5 / 32767 + 1e-7
+    elif subtype == "PCM_24":
+        data, _ = sf.read(str(path), dtype="int32", always_2d=True)
+        assert np.abs((data.T >> 8) / (2**23 - 1) - audio).max() <= 1 / 2**23
+    else:
+        data, _ = sf.read(str(path), dtype="float32", always_2d=True)
+        n = min(len(data), audio.shape[1])
+        assert abs(len(data) - audio.shape[1]) < 2048
+        for c in range(channels):
+            assert np.corrcoef(data[:n, c], audio[c, :n])[0, 1] > 0.99
+            assert abs(np.std(data[:n, c]) / np.std(audio[c, :n]) - 1) < 0.1
+
+
+def test_write_audio_names_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    audio = np.zeros((1, 3200), np.float32)
+    assert media.write_audio(tmp_path / "a.flac", audio, 32000, "wav") == tmp_path / "a.wav"  # extension replaced
+    assert media.write_audio(tmp_path / "take.1", audio, 32000, "ogg") == tmp_path / "take.1.ogg"  # added
+    assert media.write_audio(tmp_path / "b.WAV", audio, 32000, "wav24") == tmp_path / "b.WAV"
+    assert media.write_audio(tmp_path / "c.mp3", audio, 32000) == tmp_path / "c.wav"  # wav is the default
+    with pytest.raises(InvalidInputError, match="unknown output format 'aac': choose one of wav, wav24, flac, mp3"):
+        media.write_audio(tmp_path / "d", audio, 32000, "aac")
+    with pytest.raises(InvalidInputError, match="MP3 .* has no 96,000 Hz"):
+        media.write_audio(tmp_path / "e", audio, 96000, "mp3")
+    assert not (tmp_path / "e.mp3").exists()
+    monkeypatch.setattr(sf, "available_formats", lambda: {"WAV": "WAV", "FLAC": "FLAC", "OGG": "OGG"})
+    with pytest.raises(InvalidInputError, match=r"cannot write mp3: this libsndfile .* lacks MPEG_LAYER_III"):
+        media.write_audio(tmp_path / "f", audio, 32000, "mp3")
+
+
+def test_write_wav_is_the_streamed_wav(tmp_path: Path) -> None:
+    audio = np.stack([np.linspace(-1.2, 1.2, 5000), np.zeros(5000)]).astype(np.float32)
+    path = media.write_wav(tmp_path / "x.wav", audio, 32000)
+    assert path == tmp_path / "x.wav" and path.read_bytes() == media.wav_bytes(audio, 32000)

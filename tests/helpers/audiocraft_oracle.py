@@ -9,7 +9,8 @@ real source folders, and the real modules are imported from there by their real 
 - real, unchanged: models/unet.py (DiffusionUnet), modules/transformer.py, streaming.py, rope.py,
   modules/diffusion_schedule.py (NoiseSchedule, SampleProcessor, MultiBandProcessor),
   models/multibanddiffusion.py (MultiBandDiffusion, DiffusionProcess), models/loaders.py
-  (load_diffusion_models: how audiocraft reads mbd_musicgen_32khz.th).
+  (load_diffusion_models: how audiocraft reads mbd_musicgen_32khz.th); and, on its own through
+  `audio_utils()`, data/audio_utils.py (normalize_audio: what audio_write does to levels; needs torchaudio).
 - real functions in a stub module: `audiocraft.models.builders` holds only `get_diffusion_model` and
   `get_processor`, compiled from the real builders.py source (the rest of that file needs the LM stack).
 - stubs for unrelated imports only: `xformers.ops` (used by transformer.py for memory-efficient attention,
@@ -76,16 +77,34 @@ def _real_functions(path: Path, names: Sequence[str], namespace: dict[str, Any])
     exec(compile(ast.Module(body=body, type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102
 
 
+def _package() -> Path:
+    """Register the empty `audiocraft` package over the real source folder (once); returns that folder."""
+    if not available():
+        raise RuntimeError(SKIP_REASON)
+    pkg = SOURCE / "audiocraft"
+    if "audiocraft" not in sys.modules:
+        _module("audiocraft", pkg, __version__=VERSION, _musicgen_oracle=True)
+    elif not hasattr(sys.modules["audiocraft"], "_musicgen_oracle"):
+        raise RuntimeError("another audiocraft is already imported in this process")
+    return pkg
+
+
+@functools.cache
+def audio_utils() -> types.ModuleType:
+    """audiocraft/data/audio_utils.py, real and unchanged (normalize_audio, normalize_loudness: what
+    audio_write applies before writing); it needs only torch, torchaudio and julius. `audiocraft.data` is
+    registered empty: its `__init__` imports the datasets (av, ...)."""
+    pkg = _package()
+    if "audiocraft.data" not in sys.modules:
+        _module("audiocraft.data", pkg / "data")
+    return importlib.import_module("audiocraft.data.audio_utils")
+
+
 @functools.cache
 def oracle() -> types.SimpleNamespace:
     """Import the real modules once per session; returns them as `.unet`, `.schedule`, `.mbd`, `.loaders`,
     `.builders` and `.transformer`."""
-    if not available():
-        raise RuntimeError(SKIP_REASON)
-    pkg = SOURCE / "audiocraft"
-    if "audiocraft" in sys.modules and not hasattr(sys.modules["audiocraft"], "_musicgen_oracle"):
-        raise RuntimeError("another audiocraft is already imported in this process")
-    _module("audiocraft", pkg, __version__=VERSION, _musicgen_oracle=True)
+    pkg = _package()
     for sub in ("models", "modules", "solvers"):
         _module(f"audiocraft.{sub}", pkg / sub)
     xformers = _module("xformers", Path("/nonexistent"))  # transformer.py: `from xformers import ops`

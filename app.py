@@ -84,9 +84,9 @@ class Studio:
     """Server state shared by every visitor: the model cache, output files, what the engine can do."""
 
     def __init__(self, device: str | None = None, stream: bool | None = None, batch_rows: int | None = None,
-                 **load_kwargs: object) -> None:
+                 threads: int | None = None, **load_kwargs: object) -> None:
         rows = 0 if _spaces() is not None else MAX_ROWS if batch_rows is None else batch_rows
-        self.cache = studio.ModelCache(device=device, batch_rows=rows, **load_kwargs)
+        self.cache = studio.ModelCache(device=device, batch_rows=rows, threads=threads, **load_kwargs)
         # visitors generating at once: a scheduler runs rows // 2 guided requests per step and queues the rest
         # (showing each its place); without one (ZeroGPU: the GPU is lent per call), one at a time
         self.concurrency = max(1, rows)
@@ -527,7 +527,13 @@ def default_quantize(choice: str, device: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    st = Studio(device=args.device, batch_rows=args.batch_rows, quantize=default_quantize(args.quantize, args.device))
+    # the decode loop gets the CPU's intra-op threads; every other thread runs torch ops inline (serve.py,
+    # own_intra_op_threads: a second OpenMP pool would make every step ~1.6x slower), model loading included
+    threads = torch.get_num_threads()
+    if args.batch_rows:
+        torch.set_num_threads(1)
+    st = Studio(device=args.device, batch_rows=args.batch_rows, threads=threads,
+                quantize=default_quantize(args.quantize, args.device))
     log.info("device %s; live preview %s", st.cache.device, "on" if st.stream else "off (install ffmpeg)")
     serve(st, share=args.share, server_name=args.server_name, port=args.port, max_queue=args.max_queue)
 

@@ -18,6 +18,7 @@ row count) and CUDA (cuBLAS does too) keep the same music in law but not to the 
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import threading
 from collections.abc import Iterator, Sequence
@@ -97,8 +98,9 @@ class Scheduler:
     and `generate` from any number of threads. `max_rows`: rows in a decode step (2 per guided prompt);
     default: what MEMORY_SHARE of the available memory holds, at most MAX_ROWS."""
 
-    def __init__(self, mg: MusicGen, max_rows: int | None = None) -> None:
+    def __init__(self, mg: MusicGen, max_rows: int | None = None, threads: int | None = None) -> None:
         self.mg = mg
+        self.threads = threads or torch.get_num_threads()  # intra-op threads of the decode loop
         slots = window_slots(mg)
         self.max_rows = max_rows or default_max_rows(mg, slots)
         self.cache = SlotCache(mg, self.max_rows, slots)
@@ -106,6 +108,7 @@ class Scheduler:
         self.active: list[Ticket] = []
         self.steps = 0  # decode steps run, all requests together
         self.peak_rows = 0  # the most rows one decode step has run
+        self.loop_threads = 0  # the decode loop's intra-op threads, once it runs
         self._cv = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="musicgen-scheduler", daemon=True)
@@ -202,6 +205,9 @@ class Scheduler:
             t.ahead = i
 
     def _loop(self) -> None:
+        if self.mg.device.type == "cpu":
+            own_intra_op_threads(self.threads)
+        self.loop_threads = torch.get_num_threads()
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._closed or self.active or self.waiting)
@@ -274,6 +280,32 @@ def _news(t: Ticket, seen: StreamStep | None, ahead: int | None) -> bool:
     """Has `t` something its reader has not seen (an error, done tokens, a new step, a new place in line)?"""
     return (t.error is not None or t.cancelled or t.tokens is not None or t.latest is not seen
             or (t.start is None and t.ahead != ahead))
+
+
+def own_intra_op_threads(n: int) -> None:
+    """Give the calling thread `n` intra-op threads, and every thread that starts using torch after it one.
+
+    torch's CPU ops run on OpenMP (libgomp). Each OS thread that runs a parallel op gets a pool of its own,
+    and once a process holds more pool threads than CPUs, libgomp stops spinning between parallel regions
+    and puts its threads to sleep after each one: on 2 cores a decode step in a second thread then took
+    1.6-1.7x as long as in the main thread (a small GELU: 60 vs 15 us). So one thread, the decode loop,
+    keeps the cores; the others (requests' T5 and EnCodec work, the web server's) run their ops inline.
+    `torch.set_num_threads` would also set the default of threads to come: it is set to 1, then this
+    thread's own OpenMP count is raised directly."""
+    torch.get_num_threads()  # torch's lazy per-thread setup first, or its first parallel op would undo ours
+    torch.set_num_threads(1)
+    if n > 1 and (omp := _libgomp()) is not None:
+        omp.omp_set_num_threads(n)
+
+
+def _libgomp() -> ctypes.CDLL | None:
+    """The OpenMP runtime torch loaded (Linux builds bundle libgomp), or None."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    path = next((line.split()[-1] for line in maps.splitlines() if "libgomp" in line), None)
+    return ctypes.CDLL(path) if path else None
 
 
 def window_slots(mg: MusicGen) -> int:

@@ -222,13 +222,13 @@ class ModelCache:
     request for another model then waits until the running batch is done before the switch."""
 
     def __init__(self, loader: Callable[[str], MusicGen] | None = None, device: str | None = None,
-                 batch_rows: int = 0, **load_kwargs: object) -> None:
+                 batch_rows: int = 0, threads: int | None = None, **load_kwargs: object) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self._loader = loader or (lambda repo: MusicGen.from_pretrained(repo, device=self.device, **load_kwargs))
         self._lock = threading.Lock()
         self._repo: str | None = None
         self._model: MusicGen | None = None
-        self.batch_rows = batch_rows
+        self.batch_rows, self.threads = batch_rows, threads
         self._scheduler: Scheduler | None = None
 
     @property
@@ -254,7 +254,7 @@ class ModelCache:
             if not self.batch_rows:
                 return mg, mg
             if self._scheduler is None or self._scheduler.mg is not mg:
-                self._scheduler = Scheduler(mg, self.batch_rows)
+                self._scheduler = Scheduler(mg, self.batch_rows, self.threads)
             return mg, self._scheduler
 
     def free(self) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers.melody_checkpoints import build_melody_checkpoint
 
-from musicgen import InvalidInputError, MusicGen
+from musicgen import InvalidInputError, MusicGen, serve
 from musicgen.pipeline import GenerationOutput, StreamStep
 from musicgen.serve import Queued, Scheduler, SlotCache
 
@@ -202,3 +202,22 @@ def test_slot_cache_first_fit() -> None:
     cache.give(0, 2)
     assert cache.take(4) is None and cache.take(2) == 0 and cache.take(2) == 4 and cache.take(1) is None
     assert cache.view(2, 2, 3).k.shape == (1, 2, 1, 3, 2)
+
+
+@pytest.mark.skipif(serve._libgomp() is None, reason="torch's OpenMP runtime (libgomp) not found")
+def test_the_decode_loop_owns_the_intra_op_threads(int8: MusicGen) -> None:
+    """The loop thread runs with the requested threads; threads that start using torch later run inline (one
+    OpenMP pool in the process, so libgomp keeps spinning between parallel regions)."""
+    threads = torch.get_num_threads()
+    sched = Scheduler(int8, max_rows=2, threads=2)
+    try:
+        sched.generate("a", duration=0.2, seed=0)
+        assert sched.loop_threads == 2
+        seen: list[int] = []
+        later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        later.start()
+        later.join()
+        assert seen == [1]
+    finally:
+        sched.close()
+        torch.set_num_threads(threads)

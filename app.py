@@ -48,6 +48,9 @@ EXAMPLES = [
     "upbeat funk groove with slap bass and tight horn stabs, 110 bpm",
     "ambient drone with evolving pads and distant bells",
 ]
+ASSETS = Path(__file__).resolve().parent / "assets"
+MELODY_EXAMPLES = sorted((ASSETS / "melodies").glob("*.wav"))  # made by scripts/make_assets.py
+CONTINUE_EXAMPLE = ASSETS / "continue" / "pop_progression.wav"
 D = GenerationOptions()  # the engine's defaults (audiocraft's), shown on the page and in the API
 PROGRESS_EVERY = 0.25  # seconds between progress updates to a client (also how soon a cancel is noticed)
 CSS = """
@@ -276,10 +279,16 @@ def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str
         f["stereo"] = gr.Checkbox(value=False, label="Stereo", scale=1, min_width=100)
     f["decoder"] = gr.Radio([(v, k) for k, v in studio.DECODER_LABELS.items()], value=D.decoder, label="Decoder")
     controls["hint"] = gr.Markdown(_hint("small", False, None))
-    f["melody"] = gr.Audio(sources=["upload", "microphone"], type="filepath",
-                           label="Melody (optional: the tune to follow, first 30 s are used)")
-    continue_audio = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="continue",
-                              label="Continue this audio (optional, under 30 s, part of the duration)")
+    with gr.Accordion("Melody or audio to continue (optional)", open=False, elem_id="audio-inputs"), gr.Tabs():
+        with gr.Tab("Melody", id="melody-tab"):
+            f["melody"] = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="melody",
+                                   label="The tune to follow (first 30 s are used)")
+            gr.Examples([[str(p)] for p in MELODY_EXAMPLES], inputs=[f["melody"]],
+                        label="Example melodies (public-domain tunes, synthesised by scripts/make_assets.py)")
+        with gr.Tab("Continue", id="continue-tab"):
+            continue_audio = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="continue",
+                                      label="Audio to continue (under 30 s, part of the duration)")
+            gr.Examples([[str(CONTINUE_EXAMPLE)]], inputs=[continue_audio], label="Example clip")
     with gr.Accordion("Advanced", open=False):
         f["top_k"] = gr.Slider(0, 1000, value=D.top_k, step=1, label="Top-k (0 = off)")
         f["top_p"] = gr.Slider(0.0, 1.0, value=D.top_p, step=0.01, label="Top-p (0 = off; above 0 replaces top-k)")

@@ -99,6 +99,8 @@ def test_generate_in_the_browser(server: Server, page, tmp_path: Path) -> None:
     # continue from audio: upload a clip, the piece starts with it and the summary says so
     clip = tmp_path / "clip.wav"
     sf.write(str(clip), (0.4 * np.sin(2 * np.pi * 440 * np.arange(48000) / 32000)).astype(np.float32), 32000)
+    page.get_by_text("Melody or audio to continue (optional)").click()  # the accordion keeps the page short
+    page.get_by_role("tab", name="Continue").click()
     page.locator("#continue input[type=file]").set_input_files(str(clip))
     expect(page.locator("#continue audio").first).to_be_attached()  # the uploaded clip's player
     page.get_by_label("EnCodec").check()
@@ -111,3 +113,8 @@ def test_generate_in_the_browser(server: Server, page, tmp_path: Path) -> None:
     page.screenshot(path=str(tmp_path / "studio-continue.png"), full_page=True)
     if out:
         shutil.copy(tmp_path / "studio-continue.png", Path(out) / "studio-continue.png")
+
+    # an example melody (assets/, synthesised): one click puts it in the melody input
+    page.get_by_role("tab", name="Melody").click()
+    page.get_by_text("ode_to_joy.wav").first.click()
+    expect(page.locator("#melody audio").first).to_be_attached()

@@ -32,7 +32,7 @@ import pydantic
 import torch
 from gradio.exceptions import InvalidPathError
 
-from musicgen import DownloadError, MusicGen, MusicGenError, media, session, studio
+from musicgen import DownloadError, MusicGen, MusicGenError, history, media, session, studio
 from musicgen.layout import QUANTIZE
 from musicgen.options import MAX_DURATION, GenerationOptions
 from musicgen.pipeline import default_device
@@ -254,6 +254,9 @@ class Page:
     info: gr.Markdown
     last_seed: gr.State
     run_id: gr.State  # the Stop button's handle on this visitor's run (server-side state)
+    history: gr.BrowserState  # the last takes, kept in the visitor's browser (musicgen/history.py)
+    history_view: gr.Dataset
+    last_take: gr.State  # the finished run's history entry, for the history step after it
 
     @property
     def inputs(self) -> list[gr.components.Component]:
@@ -261,7 +264,8 @@ class Page:
 
     @property
     def outputs(self) -> list[gr.components.Component]:
-        return [self.status, self.live, self.result, self.result_mbd, self.picture, self.info, self.last_seed]
+        return [self.status, self.live, self.result, self.result_mbd, self.picture, self.info, self.last_seed,
+                self.last_take]
 
 
 def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str, gr.components.Component]]:
@@ -319,6 +323,10 @@ def build_result_column(st: Studio) -> dict[str, gr.components.Component]:
     out["picture"] = gr.Image(label="Waveform and spectrogram", type="pil", format="png", interactive=False,
                               elem_id="picture")
     out["info"] = gr.Markdown(elem_id="info")
+    label = f"History (this browser, the last {history.LIMIT}): click one to restore its settings and play it again"
+    out["history_view"] = gr.Dataset(label=label, components=["textbox", "number", "textbox", "number"],
+                                     headers=["Prompt", "Seed", "Model", "Seconds"], samples=[], type="index",
+                                     elem_id="history")
     return out
 
 
@@ -331,7 +339,8 @@ def build_page(st: Studio) -> Page:
             fields, controls = build_request_column()
         with gr.Column(scale=6):
             shown = build_result_column(st)
-    return Page(fields, **controls, **shown, last_seed=gr.State(None), run_id=gr.State(None))  # type: ignore[arg-type]
+    return Page(fields, **controls, **shown, last_seed=gr.State(None), run_id=gr.State(None),  # type: ignore[arg-type]
+                history=gr.BrowserState([], storage_key="musicgen-history"), last_take=gr.State(None))
 
 
 def page_run(st: Studio, page: Page, run: str, *args: object) -> Iterator[dict]:
@@ -352,7 +361,7 @@ def _page_events(st: Studio, page: Page, run: str, started: float, *args: object
     if job.notice:
         gr.Info(job.notice)
     clear = {page.result: gr.update(value=None, label="Result"), page.picture: None, page.info: "",
-             page.result_mbd: gr.update(value=None, visible=False)}
+             page.last_take: None, page.result_mbd: gr.update(value=None, visible=False)}
     if st.cache.current != job.ckpt.repo:
         size = f"≈{job.ckpt.download_gb:g} GB download on first use"
         yield clear | {page.status: status_html(f"Loading {job.ckpt.repo} ({size})…")}
@@ -382,6 +391,7 @@ def _result_update(st: Studio, page: Page, job: Job, res: session.Result) -> dic
     final = media.write_wav(st.output_path(res.seed, tag), res.audio, res.sample_rate)
     update = {page.result: final, page.picture: media.render_picture(res.audio, res.sample_rate),
               page.info: summary(res, job, st.cache.device), page.last_seed: res.seed,
+              page.last_take: history.entry(job.req, res.seed, job.ckpt.repo, res.seconds, final),
               page.status: status_html(f"Done: {res.seconds:.1f} s of audio in {res.elapsed:.1f} s", 1.0)}
     if res.encodec is not None:  # both versions side by side, as audiocraft's demo does
         plain = media.write_wav(st.output_path(res.seed, "-encodec"), res.encodec, res.sample_rate)
@@ -443,7 +453,7 @@ def wire(st: Studio, page: Page) -> None:
 
     armed = gr.on([page.generate.click, page.fields["prompt"].submit], arm, outputs=[page.status, page.run_id],
                   **quick)
-    armed.then(run, inputs=[*page.inputs, page.run_id], outputs=page.outputs, show_progress="hidden",
+    done = armed.then(run, inputs=[*page.inputs, page.run_id], outputs=page.outputs, show_progress="hidden",
                api_visibility="private", concurrency_id="musicgen", concurrency_limit=st.concurrency)
     # Stop is cooperative (the run ends itself at its next step): Gradio's `cancels` raced with the
     # streamed outputs in 6.31 and could leave the page believing the run was still going
@@ -451,6 +461,10 @@ def wire(st: Studio, page: Page) -> None:
         st.stops.request(request.session_hash or "")
 
     page.stop.click(stop, **quick)
+    done.success(remember, inputs=[page.history, page.last_take], outputs=[page.history, page.history_view], **quick)
+    restorable = [page.fields[k] for k in ("prompt", *history.SETTINGS, "seed")]
+    page.history_view.click(lambda i, h: restore(st, i, h, restorable, page), inputs=[page.history_view, page.history],
+                            outputs=[*restorable, page.result, page.status], **quick)
     gr.on([], api_generate(st), inputs=page.inputs, outputs=[page.result], api_name="generate",
           concurrency_id="musicgen", concurrency_limit=st.concurrency)
     hint_inputs = [page.fields[k] for k in ("model_size", "stereo", "melody", "decoder")]
@@ -460,9 +474,31 @@ def wire(st: Studio, page: Page) -> None:
                      **quick)
 
 
+def remember(past: object, take: object) -> tuple[list, dict]:
+    """After a finished run: its entry joins the browser's history."""
+    if not isinstance(take, dict):
+        return gr.skip(), gr.skip()
+    kept = history.add(past, take)
+    return kept, gr.update(samples=history.rows(kept))
+
+
+def restore(st: Studio, index: object, past: object, fields: list, page: Page) -> list:
+    """A history row was clicked: its settings back in the fields, its file in the player if still there."""
+    item = past[index] if isinstance(past, list) and isinstance(index, int) and 0 <= index < len(past) else None
+    values = history.settings(item)
+    names = ("prompt", *history.SETTINGS, "seed")
+    file = history.result_file(st.out_dir, item)
+    note = "Settings restored" + ("" if file else " (its file is gone: results are kept for an hour; Generate makes it "
+                                                 "again with the same seed)")
+    return [values.get(n, gr.skip()) for n in names] + [str(file) if file else gr.skip(), status_html(note, 0.0)]
+
+
 def build_demo(st: Studio) -> gr.Blocks:
     with gr.Blocks(title="MusicGen studio", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
-        wire(st, build_page(st))
+        page = build_page(st)
+        wire(st, page)
+        demo.load(lambda h: gr.update(samples=history.rows(h)), inputs=page.history, outputs=page.history_view,
+                  queue=False, api_visibility="private", show_progress="hidden")
     return demo
 
 

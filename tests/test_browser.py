@@ -118,3 +118,17 @@ def test_generate_in_the_browser(server: Server, page, tmp_path: Path) -> None:
     page.get_by_role("tab", name="Melody").click()
     page.get_by_text("ode_to_joy.wav").first.click()
     expect(page.locator("#melody audio").first).to_be_attached()
+
+    # history: this browser's takes survive a reload; a click restores a take's settings and its file
+    hist = page.locator("#history")
+    expect(hist).to_contain_text("lofi hip hop beat with mellow piano")
+    page.reload(wait_until="load")
+    expect(hist).to_contain_text("lofi hip hop beat with mellow piano")
+    prompt = page.get_by_label("Prompt")
+    prompt.fill("something else")
+    hist.get_by_text("lofi hip hop beat with mellow piano").first.click()
+    expect(prompt).to_have_value("lofi hip hop beat with mellow piano")
+    expect(page.get_by_label("number input for Duration (seconds)")).to_have_value("3")  # the newest such take
+    expect(page.locator("#result audio").first).to_be_attached()
+    expect(page.locator("#status")).to_contain_text("Settings restored")
+    expect(errors).to_have_count(0)

@@ -13,7 +13,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from helpers.studio_server import Server
 
-from musicgen import MusicGen, session
+from musicgen import serve, session
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,9 @@ BAD = [
     ("silent clip to continue", {}, lambda mp, s, tmp: {"continue_audio": handle_file(_silent_wav(tmp / "q.wav"))},
      "audio to continue file q.wav is silent"),
     ("model not downloadable", {"model_size": "large"}, None, "not in the local cache"),
-    ("out of memory", {}, lambda mp, s, tmp: mp.setattr(MusicGen, "stream", _oom), "out of memory"),
-    ("cpu out of memory", {}, lambda mp, s, tmp: mp.setattr(MusicGen, "stream", _cpu_oom), "out of memory"),
+    # (raised in the scheduler's decode loop, handed to the request's thread)
+    ("out of memory", {}, lambda mp, s, tmp: mp.setattr(serve, "decode_steps", _oom), "out of memory"),
+    ("cpu out of memory", {}, lambda mp, s, tmp: mp.setattr(serve, "decode_steps", _cpu_oom), "out of memory"),
     ("engine bug", {}, lambda mp, s, tmp: mp.setattr(session, "run", _bug), "failed on the server (error id"),
     ("bad top_p", {"top_p": 1.5}, None, "top_p must be between 0 and 1, got 1.5"),
     ("duration not a number", {"duration": "abc"}, None, "duration must be a number, got 'abc'"),

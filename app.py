@@ -6,33 +6,26 @@ The page streams audio while the model generates, then shows the WAV, a picture 
 speed. The API endpoint `/generate` (parameters prompt, duration, model_size, stereo, decoder, melody,
 top_k, top_p, temperature, cfg_coef, seed, continue_audio) returns the finished WAV file. Models come from the standard
 Hugging Face cache (HF_HOME; HF_HUB_OFFLINE=1 with a pre-populated cache works offline). The engine-side
-logic lives in musicgen/studio.py, session.py, streaming.py and media.py; this file is the page.
+logic lives in backend.py (shared server state, errors for people) and musicgen/studio.py, session.py,
+streaming.py and media.py; this file is the page.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import html
-import inspect
 import logging
-import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
-import pydantic
 import torch
-from gradio.exceptions import InvalidPathError
 
-from musicgen import DownloadError, MusicGen, MusicGenError, history, media, session, studio
+from backend import Job, Studio, readable_input_errors, user_errors
+from musicgen import history, media, session, studio
 from musicgen.layout import QUANTIZE
 from musicgen.options import MAX_DURATION, GenerationOptions
 from musicgen.pipeline import default_device
@@ -70,128 +63,6 @@ def as_sent(component: gr.components.Component) -> None:
     a list into its string form, or fail on "abc" with an opaque error. (On the instance: a subclass of a
     Gradio component makes Gradio write a .pyi stub next to this file.)"""
     component.preprocess = lambda payload: payload  # type: ignore[method-assign]
-
-
-@dataclass(frozen=True)
-class Job:
-    """A validated request and what it needs: the checkpoint, a notice for the user, the user's audio."""
-
-    req: studio.Request
-    ckpt: studio.HubModel
-    notice: str | None
-    melody: session.Clip | None
-    continuation: session.Clip | None = None
-
-
-class Studio:
-    """Server state shared by every visitor: the model cache, output files, what the engine can do."""
-
-    def __init__(self, device: str | None = None, stream: bool | None = None, batch_rows: int | None = None,
-                 threads: int | None = None, **load_kwargs: object) -> None:
-        rows = 0 if _spaces() is not None else MAX_ROWS if batch_rows is None else batch_rows
-        self.cache = studio.ModelCache(device=device, batch_rows=rows, threads=threads, **load_kwargs)
-        # visitors generating at once: a scheduler runs rows // 2 guided requests per step and queues the rest
-        # (showing each its place); without one (ZeroGPU: the GPU is lent per call), one at a time
-        self.concurrency = max(1, rows)
-        self.stream = shutil.which("ffmpeg") is not None if stream is None else stream  # Gradio encodes with it
-        self.out_dir = Path(tempfile.mkdtemp(prefix="musicgen-studio-"))
-        self.stops = studio.StopRequests()
-        self.run_events = _zero_gpu(self._run_events)
-
-    def job(self, *args: object) -> Job:
-        """Check the request fields (in API order), pick the checkpoint, read the user's audio: no model
-        needed."""
-        req = studio.parse_request(*args)
-        ckpt, notice = studio.choose_checkpoint(req.model_size, req.stereo, req.melody_path is not None)
-        uploads = (media.load_melody(req.melody_path) if req.melody_path else None,
-                   media.load_continuation(req.continue_path) if req.continue_path else None)
-        notice = " ".join(n for n in (notice, *(u.notice for u in uploads if u)) if n) or None
-        melody, clip = (u.clip if u else None for u in uploads)
-        if clip is not None:
-            studio.check_continuation(req.duration, clip)
-        return Job(req, ckpt, notice, melody, clip)
-
-    def model(self, job: Job, on_load: Callable[[str], None] | None = None) -> MusicGen:
-        mg = self.cache.get(job.ckpt.repo, on_load=on_load)
-        studio.check_prompt_tokens(mg, job.req.prompt)
-        return mg
-
-    def _run_events(self, repo: str, req: studio.Request, melody: session.Clip | None,
-                    continuation: session.Clip | None, stream: bool) -> Iterator[session.Event]:
-        """The GPU part (what `spaces.GPU` wraps on ZeroGPU): the model is loaded before, outside it."""
-        mg, engine = self.cache.engine(repo)
-        yield from session.run(mg, req, melody, continuation=continuation, stream=stream, engine=engine)
-
-    def output_path(self, seed: int, tag: str = "") -> Path:
-        """A new file name for one result: unique per request (two visitors with the same seed in the same
-        second must never share a file), keeping the seed in the name for the person who downloads it."""
-        cutoff = time.time() - 3600  # keep an hour of results on disk
-        for old in self.out_dir.glob("*.wav"):
-            with contextlib.suppress(FileNotFoundError):  # another request's cleanup got there first
-                if old.stat().st_mtime < cutoff:
-                    old.unlink(missing_ok=True)
-        return self.out_dir / f"musicgen-{seed}{tag}-{uuid.uuid4().hex[:12]}.wav"
-
-
-def _spaces() -> Any:
-    """Hugging Face's `spaces` package (present on a ZeroGPU Space), else None."""
-    try:
-        import spaces  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return spaces
-
-
-def _zero_gpu(fn: Callable) -> Callable:
-    """On a ZeroGPU Space, `spaces.GPU` with a time budget estimated from the request; elsewhere `fn`."""
-    spaces = _spaces()
-    if spaces is None:
-        return fn
-
-    def budget(repo: str, req: studio.Request, melody: object, continuation: object, stream: bool) -> int:
-        return studio.gpu_seconds(req.model_size, req.duration, req.decoder)
-
-    return spaces.GPU(duration=budget)(fn)
-
-
-@contextlib.contextmanager
-def user_errors(st: Studio) -> Iterator[None]:
-    """Every failure becomes a `gr.Error` with a message for people; the server keeps serving."""
-    try:
-        yield
-    except gr.Error:
-        raise
-    except DownloadError as e:
-        log.warning("model download failed: %s", e)
-        raise gr.Error(f"The model could not be loaded: {e}", title="Model unavailable", print_exception=False) from e
-    except MusicGenError as e:
-        msg = str(e)
-        raise gr.Error(msg[:1].upper() + msg[1:], title="Cannot generate", print_exception=False) from e
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and not _is_oom_message(str(e)):
-            raise _internal_error(e) from e
-        log.warning("out of memory: %s", e)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        raise gr.Error(studio.describe_oom(st.cache.device), title="Out of memory", print_exception=False) from e
-    except Exception as e:
-        raise _internal_error(e) from e
-
-
-def _internal_error(e: BaseException) -> gr.Error:
-    """A failure that is ours, not the visitor's: the details (which may name files and internals) go to the
-    server log under a short id; the visitor gets the id to quote."""
-    error_id = uuid.uuid4().hex[:8]
-    log.error("generation failed [error %s]", error_id, exc_info=e)
-    return gr.Error(f"Generation failed on the server (error id {error_id}). Please try again; if it keeps "
-                    "failing, report the error id.", title="Generation failed", print_exception=False)
-
-
-def _is_oom_message(msg: str) -> bool:
-    """CPU allocations that fail surface as a RuntimeError from torch's allocator."""
-    msg = msg.lower()
-    return "out of memory" in msg or "can't allocate memory" in msg
 
 
 def status_html(text: str, fraction: float | None = None, error: bool = False) -> str:
@@ -516,34 +387,6 @@ def parser() -> argparse.ArgumentParser:
                    help=f"decode-step rows shared by visitors, 2 per request (continuous batching); 0: one "
                    f"generation at a time [{MAX_ROWS}]")
     return p
-
-
-def readable_input_errors(demo: gr.Blocks) -> None:
-    """Gradio reads every request's values before a handler runs: its refusals (a file input that is a
-    server path, a URL or not a file at all; too few values) would reach the visitor as an opaque error, or
-    with show_error=True as a pydantic dump naming server paths. They become messages a person can act on;
-    the details go to the server log. (Number and text values are not refused there: see `as_sent`.)"""
-    original = demo.preprocess_data
-
-    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
-        try:
-            return await original(block_fn, inputs, state, explicit_call)
-        except gr.Error:
-            raise
-        except (InvalidPathError, pydantic.ValidationError) as e:
-            log.info("refused a file input: %s", e)
-            raise gr.Error("melody and continue_audio must be audio files uploaded to this server (with "
-                           "gradio_client: handle_file(path)); paths on the server, URLs and other values are "
-                           "refused", title="Bad file input", print_exception=False) from None
-        except ValueError as e:  # Gradio's own checks of the request's shape
-            log.info("refused a request: %s", e)
-            params = [p for p in inspect.signature(block_fn.fn).parameters if p not in ("progress", "request")]
-            names = ", ".join(params[: len(block_fn.inputs)])
-            raise gr.Error(f"this request's values could not be read: send {len(block_fn.inputs)} values, in "
-                           f"this order: {names} (see the API page)", title="Bad request",
-                           print_exception=False) from None
-
-    demo.preprocess_data = preprocess_data  # type: ignore[method-assign]
 
 
 def serve(st: Studio, *, share: bool = False, server_name: str | None = None, port: int | None = None,

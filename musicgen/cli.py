@@ -1,23 +1,36 @@
-"""Command line: `python -m musicgen "lofi hip hop beat" --duration 8 -o out.wav`."""
+"""Command line: `python -m musicgen "lofi hip hop beat" --duration 8 -o out.wav`.
+
+The output format is the `-o` file's extension (.wav 16-bit, or 24-bit with --wav24; .flac; .mp3; .ogg:
+media.write_audio). A prompt may be a timeline, "0:00 ambient pads | 0:30 drums come in" (timeline.py).
+`--takes N` makes N variations of every prompt with consecutive seeds, run together through one
+serve.Scheduler so they share decode steps (a decode step costs nearly the same for 2 rows as for 8).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import soundfile as sf
 import torch
 from tqdm import tqdm
 
+from . import loudness, media, timeline
 from .errors import InvalidInputError, MusicGenError
 from .layout import QUANTIZE
-from .options import DECODERS, GenerationOptions, options
+from .options import DECODERS, SEED_BITS, GenerationOptions, ProgressFn, options, seed_of
+
+if TYPE_CHECKING:
+    from .pipeline import GenerationOutput, MusicGen
 
 D = GenerationOptions()  # the defaults (audiocraft's)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MAX_TAKES = 4  # variations of a prompt made together; 4 guided takes of one prompt are 8 rows of a decode step
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,17 +39,32 @@ def parser() -> argparse.ArgumentParser:
         description="Generate music from text with a MusicGen checkpoint. Weights come from the Hugging Face "
         "Hub on first use (then from the local HF cache) or from a local folder.",
     )
-    p.add_argument("prompts", nargs="+", help="one or more text descriptions; \"\" for unconditional music")
+    p.add_argument("prompts", nargs="+", help="one or more text descriptions; \"\" for unconditional music; a "
+                   "timeline such as \"0:00 ambient pads | 0:30 drums come in\" changes the prompt over a long piece "
+                   "(each 30 s window plays the prompt in force where its new audio starts)")
     p.add_argument("-o", "--output", default="out.wav",
-                   help="16-bit WAV file to write (several prompts: NAME-0.wav, NAME-1.wav, ...) [out.wav]")
+                   help="file to write, its format from the extension: .wav (16-bit), .flac, .mp3, .ogg (no "
+                   "extension: .wav). Several prompts: NAME-0.wav, NAME-1.wav, ...; --takes: NAME-take1.wav, ... "
+                   "[out.wav]")
+    p.add_argument("--wav24", action="store_true", help="write 24-bit WAV (the output must be .wav)")
+    p.add_argument("--loudness", choices=loudness.STRATEGIES, default=D.normalize,
+                   help="level of the audio written: loudness = -16 LUFS with a soft clipper (audiocraft's demo), "
+                   "peak = -1 dBFS peak, rms = -18 dBFS RMS, clip = clipped at -1 dBFS, none = as decoded "
+                   f"[{D.normalize}]")
     p.add_argument("--duration", type=float, default=8.0,
                    help="seconds of audio, up to 300 (beyond 30 s it is made window by window) [8]")
     p.add_argument("--extend-stride", type=float, default=D.extend_stride,
                    help="beyond 30 s: seconds each new 30 s window adds; the rest of the window is its prompt "
                    f"[{D.extend_stride:g}]")
+    p.add_argument("--takes", type=int, default=1,
+                   help=f"variations of each prompt (1-{MAX_TAKES}), seeds SEED, SEED+1, ..., made together [1]")
     p.add_argument("--continue", dest="continue_from", default=None, metavar="FILE",
-                   help="audio file to continue (shorter than 30 s): the output starts with it, --duration counts "
-                   "the whole result")
+                   help="audio file to continue (the part used shorter than 30 s): the output starts with it, "
+                   "--duration counts the whole result")
+    p.add_argument("--continue-start", type=float, default=0.0, metavar="SECONDS",
+                   help="use the audio to continue from this time in its file [0]")
+    p.add_argument("--continue-end", type=float, default=None, metavar="SECONDS",
+                   help="... up to this time [the end of the file]")
     p.add_argument("--model", default="facebook/musicgen-small",
                    help="Hub repo id or local checkpoint folder [facebook/musicgen-small]")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit [main]")
@@ -51,7 +79,11 @@ def parser() -> argparse.ArgumentParser:
                    help=f"classifier-free guidance strength [{D.cfg_coef:g}]")
     p.add_argument("--melody", default=None, metavar="FILE",
                    help="audio file (wav/flac/ogg/mp3) whose tune conditions a melody checkpoint, e.g. "
-                   "--model facebook/musicgen-melody; only its first 30 s are used")
+                   "--model facebook/musicgen-melody; 30 s of it are used at most")
+    p.add_argument("--melody-start", type=float, default=0.0, metavar="SECONDS",
+                   help="use the melody from this time in its file [0]")
+    p.add_argument("--melody-end", type=float, default=None, metavar="SECONDS",
+                   help="... up to this time [the end of the file, 30 s at most]")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available, else cpu]")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="language-model precision [float16 on CUDA, float32 on CPU]")
@@ -64,22 +96,108 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def output_paths(output: str, n: int) -> list[Path]:
+def output_format(output: str, wav24: bool = False) -> str:
+    """The media.FORMATS name the output file asks for (a name without extension: wav)."""
+    fmt = media.format_of_path(output) if Path(output).suffix else "wav"
+    if wav24 and fmt != "wav":
+        raise InvalidInputError(f"--wav24 writes 24-bit WAV, but the output {Path(output).name} is {fmt}: name it "
+                                ".wav or leave out --wav24")
+    return "wav24" if wav24 else fmt
+
+
+def output_paths(output: str, n: int, takes: int = 1, fmt: str = "wav") -> list[Path]:
+    """Files for `n` prompts x `takes` takes, prompt by prompt: NAME.ext; NAME-0.ext, NAME-1.ext, ... for
+    several prompts; NAME-take1.ext, ... (NAME-0-take1.ext, ...) for several takes. The extension is the
+    format's (added when the name has none)."""
     out = Path(output)
-    if out.suffix.lower() != ".wav":
-        out = out.with_suffix(out.suffix + ".wav") if out.suffix else out.with_suffix(".wav")
-    if n == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
+    suffix = media.FORMATS[fmt][0]
+    if out.suffix.lower() != suffix:  # "song.WAV" stays as it is
+        out = out.with_suffix(suffix) if out.suffix.lower() in media.SUFFIXES else Path(f"{out}{suffix}")
+    names = [out.stem] if n == 1 else [f"{out.stem}-{i}" for i in range(n)]
+    if takes > 1:
+        names = [f"{name}-take{k}" for name in names for k in range(1, takes + 1)]
+    return [out.with_name(f"{name}{out.suffix}") for name in names]
 
 
-def read_audio(path: str, what: str) -> tuple[object, int]:
-    """An audio file -> ([channels, samples] float32 array, sample rate), with a readable error."""
+def read_clip(path: str | None, start: float, end: float | None, melody: bool) -> tuple[Any, int] | None:
+    """An audio file -> the engine's (wave, rate), [start, end) seconds of it, read by media.load_melody /
+    load_continuation (bounded decoding, clear errors); their notice goes to stderr."""
+    if path is None:
+        if start != 0.0 or end is not None:
+            flag = "--melody" if melody else "--continue"
+            raise InvalidInputError(f"{flag}-start / {flag}-end trim a file: give it with {flag} FILE")
+        return None
+    what = "melody" if melody else "audio to continue"
+    if not Path(path).is_file():
+        raise InvalidInputError(f"cannot read the {what} file {path}: there is no such file")
+    upload = (media.load_melody if melody else media.load_continuation)(path, start, end)
+    if upload.notice:
+        print(upload.notice, file=sys.stderr)
+    return upload.clip
+
+
+def take_seeds(seed: int | None, takes: int) -> list[int]:
+    """Consecutive seeds from `seed` (or a random first one), wrapping within the seed range."""
+    if not 1 <= takes <= MAX_TAKES:
+        raise InvalidInputError(f"--takes must be 1 to {MAX_TAKES}, got {takes}")
+    first = seed_of(options(seed=seed))
+    return [(first + k) % 2**SEED_BITS for k in range(takes)]
+
+
+def run_takes(mg: MusicGen, prompts: list[str], o: GenerationOptions, seeds: list[int],
+              bar: tqdm) -> list[GenerationOutput]:
+    """One generation per seed, all through one serve.Scheduler (sharing decode steps); their outputs. The
+    takes' audio is decoded raw and levelled here (o.normalize), as MusicGen.output levels it."""
+    if len(seeds) == 1:
+        return [mg.generate(prompts, options=options(o, seed=seeds[0]), progress=_progress(bar, [0], [0], 0))]
+    from .serve import Scheduler
+
+    rows = len(timeline.pieces(prompts, o.duration)) * (2 if o.cfg_coef != 1.0 else 1)
+    steps, totals = [0] * len(seeds), [0] * len(seeds)
+    scheduler = Scheduler(mg, max_rows=rows * len(seeds))
     try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
-    except (OSError, RuntimeError, sf.LibsndfileError) as e:
-        raise InvalidInputError(f"cannot read {what} file {path}: {e}") from e
-    return data.T, sr
+        with ThreadPoolExecutor(len(seeds)) as pool:
+            futures = [pool.submit(scheduler.generate, prompts, options=options(o, seed=s, normalize="none"),
+                                   progress=_progress(bar, steps, totals, k)) for k, s in enumerate(seeds)]
+            outs = [f.result() for f in futures]
+    finally:
+        scheduler.close()
+    for out in outs:
+        out.audio = torch.stack([loudness.normalize(item, out.sample_rate, o.normalize) for item in out.audio])
+    return outs
+
+
+_BAR_LOCK = threading.Lock()
+
+
+def _progress(bar: tqdm, steps: list[int], totals: list[int], k: int) -> ProgressFn:
+    """progress(step, total) of take k, shown as the sum over the takes."""
+
+    def report(step: int, total: int) -> None:
+        with _BAR_LOCK:
+            steps[k], totals[k] = step, total
+            bar.total = sum(totals)
+            bar.update(sum(steps) - bar.n)
+
+    return report
+
+
+def show_timelines(prompts: list[str], o: GenerationOptions, head: float) -> None:
+    """For each prompt that is a timeline, which prompt each window plays (stderr)."""
+    for i, p in enumerate(prompts):
+        if (entries := timeline.parse(p)) is None:
+            continue
+        entries = timeline.check(entries, o.duration)
+        spans = timeline.schedule(entries, o.duration, o.extend_stride, head=head)
+        where = f"prompt {i}: " if len(prompts) > 1 else ""
+        print(where + "; ".join(f"{timeline.fmt(a)}-{timeline.fmt(b)} {p!r}" for a, b, p in spans), file=sys.stderr)
+        played = {max(t for t, _ in entries if t <= a + 1e-6) for a, _, _ in spans}  # the entry each window plays
+        for t, p in entries:
+            if t not in played:
+                starts = ", ".join(timeline.fmt(a) for a, _, _ in spans)
+                print(f"note: {timeline.fmt(t)} {p!r} is not played: a window plays the prompt in force where its "
+                      f"new audio starts ({starts}); move it earlier, make the piece longer or lower --extend-stride",
+                      file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,33 +205,33 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import MusicGen  # after argument parsing so --help is instant
 
     try:
-        melody = read_audio(args.melody, "melody") if args.melody else None
-        head = read_audio(args.continue_from, "audio to continue") if args.continue_from else None
+        fmt = output_format(args.output, args.wav24)
+        seeds = take_seeds(args.seed, args.takes)
+        melody = read_clip(args.melody, args.melody_start, args.melody_end, melody=True)
+        head = read_clip(args.continue_from, args.continue_start, args.continue_end, melody=False)
+        o = options(duration=args.duration, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                    cfg_coef=args.cfg_coef, melody=melody, continue_from=head, extend_stride=args.extend_stride,
+                    decoder=args.decoder, normalize=args.loudness)
+        show_timelines(args.prompts, o, 0.0 if head is None else head[0].shape[-1] / head[1])
         t0 = time.perf_counter()
         mg = MusicGen.from_pretrained(args.model, device=args.device, revision=args.revision,
                                       dtype=DTYPES[args.dtype] if args.dtype else None, quantize=args.quantize)
         print(f"loaded {args.model} on {mg.device} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         bar = tqdm(total=None, unit="step", desc="generating", file=sys.stderr)
-
-        def progress(step: int, total: int) -> None:
-            bar.total = total
-            bar.update(step - bar.n)
-
         t0 = time.perf_counter()
-        o = options(duration=args.duration, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                    cfg_coef=args.cfg_coef, seed=args.seed, melody=melody, continue_from=head,
-                    extend_stride=args.extend_stride, decoder=args.decoder)
-        out = mg.generate(args.prompts, options=o, progress=progress)
+        outs = run_takes(mg, args.prompts, o, seeds, bar)
         bar.close()
         elapsed = time.perf_counter() - t0
+        paths = output_paths(args.output, outs[0].audio.shape[0], len(seeds), fmt)
+        for i, path in enumerate(paths):
+            out = outs[i % len(seeds)]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written = media.write_audio(path, out.audio[i // len(seeds)].numpy(), out.sample_rate, fmt)
+            print(f"wrote {written}" + (f" (seed {out.seed})" if len(seeds) > 1 else ""), file=sys.stderr)
     except MusicGenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for path, audio in zip(output_paths(args.output, len(args.prompts)), out.audio):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(path), audio.T.numpy(), out.sample_rate, subtype="PCM_16")
-        print(f"wrote {path}", file=sys.stderr)
-    seconds = out.audio.shape[-1] / out.sample_rate
-    print(f"seed {out.seed}; {seconds:.2f} s of audio in {elapsed:.1f} s "
+    seconds = outs[0].audio.shape[-1] / outs[0].sample_rate
+    print(f"seed {', '.join(str(out.seed) for out in outs)}; {seconds:.2f} s of audio in {elapsed:.1f} s "
           f"(real-time factor {elapsed / seconds:.2f})", file=sys.stderr)
     return 0

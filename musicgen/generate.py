@@ -19,6 +19,7 @@ from .longform import Window
 from .sampling import SamplingParams, delay_columns, sample, undelay
 
 StepFn = Callable[..., torch.Tensor]  # decode_step's signature
+TextFn = Callable[[Window], tuple[torch.Tensor, torch.Tensor]]  # T5 states [B, L, D_text], mask [B, L] of a window
 ChromaFn = Callable[[Window], torch.Tensor | None]  # one-hot chroma [B, C, 12] of a window (melody models)
 AllocFn = Callable[[int, int], KVCache]  # (rows, slots) -> an empty cache for one window
 
@@ -32,19 +33,23 @@ def decode_step(lm: LM, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache,
 class Generation:
     """One request's tokens [B, K, frames], window by window, one decode step at a time.
 
-    text [B, L, D_text] T5 states and mask [B, L]; `plan` the windows (one for pieces up to 30 s); `head`
-    [B, K, P] the frames the piece starts with (the user's encoded audio; P may be 0); `chroma_of(window)`
-    the melody condition of a window. `begin(alloc)` prepares the first window; then, until `done`, the
-    driver feeds `tokens()` through the model (`group` says where) and hands the logits to `advance`."""
+    `text_of(window)` gives a window's T5 states [B, L, D_text] and mask [B, L] (a prompt timeline changes
+    them between windows; timeline.py); `plan` the windows (one for pieces up to 30 s); `head` [B, K, P] the
+    frames the piece starts with (the user's encoded audio; P may be 0); `chroma_of(window)` the melody
+    condition of a window. `begin(alloc)` prepares the first window; then, until `done`, the driver feeds
+    `tokens()` through the model (`group` says where) and hands the logits to `advance`. `text` / `mask` are
+    those of the current window (of the first one before `begin`)."""
 
-    def __init__(self, lm: LM, text: torch.Tensor, mask: torch.Tensor, plan: Sequence[Window],
-                 params: SamplingParams, generator: torch.Generator, head: torch.Tensor, chroma_of: ChromaFn) -> None:
-        self.lm, self.text, self.mask, self.plan = lm, text, mask, list(plan)
+    def __init__(self, lm: LM, text_of: TextFn, plan: Sequence[Window], params: SamplingParams,
+                 generator: torch.Generator, head: torch.Tensor, chroma_of: ChromaFn) -> None:
+        self.lm, self.text_of, self.plan = lm, text_of, list(plan)
         self.params, self.generator, self.chroma_of = params, generator, chroma_of
+        self.text, self.mask = text_of(self.plan[0])
+        self.batch, self.device = self.text.shape[0], self.text.device  # B pieces
         self.delays = lm.cfg.delays
-        self._delays = torch.tensor(self.delays, device=text.device)[None, :]  # [1, K]
+        self._delays = torch.tensor(self.delays, device=self.device)[None, :]  # [1, K]
         self.guided = params.cfg_coef != 1.0  # at 1 the guided logits equal the conditional ones: no null batch
-        self.rows = text.shape[0] * (2 if self.guided else 1)
+        self.rows = self.batch * (2 if self.guided else 1)
         self.total = sum(w.new + max(self.delays) for w in self.plan)  # decode steps in all
         self.piece = head  # [B, K, n]: the frames of the finished windows
         self.done_steps = 0  # decode steps of the finished windows
@@ -53,22 +58,23 @@ class Generation:
 
     def begin(self, alloc: AllocFn | None = None) -> None:
         """Prepare the first window; `alloc(rows, slots)` gives each window its cache (default: a new one)."""
-        self._alloc = alloc or (lambda rows, n: KVCache.empty(self.lm.cfg, rows, n, self.text.device, self.lm.dtype))
+        self._alloc = alloc or (lambda rows, n: KVCache.empty(self.lm.cfg, rows, n, self.device, self.lm.dtype))
         self._start(0)
 
     @torch.inference_mode()
     def _start(self, index: int) -> None:
-        """Window `index`: condition (chroma per window), cache, melody prefix, and its prompt (the previous
-        window's tail, or the user's audio), run through the model in one chunk and kept, not sampled."""
+        """Window `index`: condition (text and chroma per window), cache, melody prefix, and its prompt (the
+        previous window's tail, or the user's audio), run through the model in one chunk and kept, not sampled."""
         lm, w, card = self.lm, self.plan[index], self.lm.cfg.card
         self.window, self.w = index, w
         self.steps = w.frames + max(self.delays)
+        self.text, self.mask = self.text_of(w)
         cond = lm.condition(self.text, self.mask, self.guided, self.chroma_of(w))
         P = cond.prefix_len  # melody models read their conditioning prefix first
         cache = self._alloc(self.rows, P + self.steps)
         lm.prefill(cond, cache)
         B, K = self.piece.shape[:2]
-        self.seq = torch.full((B, K, self.steps + 1), card, dtype=torch.long, device=self.text.device)
+        self.seq = torch.full((B, K, self.steps + 1), card, dtype=torch.long, device=self.device)
         self.forced = None
         if w.prompt:
             prompt = self.piece[..., w.offset : w.offset + w.prompt]
@@ -126,7 +132,7 @@ def decode_steps(lm: LM, gens: Sequence[Generation], step_fn: StepFn | None = No
     tokens. `step_fn` (a compiled `decode_step`, one generation at a time) is the static-shaped path."""
     if step_fn is not None:
         for g in gens:
-            pos = torch.tensor(g.group.pos, device=g.text.device)
+            pos = torch.tensor(g.group.pos, device=g.device)
             g.advance(step_fn(lm, g.tokens(), pos, g.group.cache, g.group.cond))
         return
     logits = lm.decode(torch.cat([g.tokens() for g in gens]), [g.group for g in gens])

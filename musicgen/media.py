@@ -212,11 +212,12 @@ def _to_model_rate(wave: np.ndarray, rate: int) -> np.ndarray:
     return out
 
 
-def _decode_with_ffmpeg(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
-    """Formats libsndfile does not read (m4a, webm, ...): ffmpeg -> mono float32 at MODEL_RATE, the first
-    `max_seconds` (-t). At most that many samples are read from its pipe, whatever ffmpeg writes, and it is
-    killed after FFMPEG_SECONDS."""
-    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-t", str(max_seconds), "-vn", "-ac", "1",
+def _decode_with_ffmpeg(path: Path, max_seconds: float, start: float = 0.0) -> tuple[np.ndarray, int]:
+    """Formats libsndfile does not read (m4a, webm, ...): ffmpeg -> mono float32 at MODEL_RATE, `max_seconds`
+    (-t) from `start` (-ss before -i: ffmpeg seeks in the file, then decodes from there). At most that many
+    samples are read from its pipe, whatever ffmpeg writes, and it is killed after FFMPEG_SECONDS."""
+    seek = ["-ss", str(start)] if start > 0 else []
+    cmd = ["ffmpeg", "-v", "error", "-nostdin", *seek, "-i", str(path), "-t", str(max_seconds), "-vn", "-ac", "1",
            "-ar", str(MODEL_RATE), "-f", "f32le", "pipe:1"]
     wave = np.empty(int(max_seconds * MODEL_RATE), np.float32)
     view, got = memoryview(wave).cast("B"), 0
@@ -238,11 +239,58 @@ def _decode_with_ffmpeg(path: Path, max_seconds: float) -> tuple[np.ndarray, int
     return wave[None, : got // 4], MODEL_RATE
 
 
-def _read_soundfile(path: Path, seconds: float, stereo: bool, what: str) -> tuple[np.ndarray, int, int]:
-    """(wave [1 or 2, n], sample rate, channels in the file): the first `seconds`, header checked first."""
+def _read_soundfile(path: Path, start: float, end: float | None, seconds: float, stereo: bool,
+                    what: str) -> tuple[np.ndarray, int, int]:
+    """(wave [1 or 2, n], sample rate, channels in the file): at most `seconds` from `start` up to `end` (None:
+    the end of the file; beyond it: clamped), header checked first, then a seek to `start` (frames rounded to
+    the nearest), so nothing before it is decoded."""
     with sf.SoundFile(str(path)) as f:
         _check_format(f.samplerate, f.channels, what, path.name)
-        return _read_blocks(f, int(seconds * f.samplerate), stereo, what, path.name), f.samplerate, f.channels
+        first = round(start * f.samplerate)
+        if first > 0:
+            if first >= f.frames:
+                raise InvalidInputError(f"the {what} is to start at {start:g} s, but the file {path.name} is only "
+                                        f"{max(f.frames, 0) / f.samplerate:.2f} s long: choose an earlier start")
+            f.seek(first)
+        stop = f.frames if end is None else min(f.frames, round(end * f.samplerate))
+        frames = min(stop - first, int(seconds * f.samplerate))
+        return _read_blocks(f, frames, stereo, what, path.name), f.samplerate, f.channels
+
+
+def _check_trim(start: float, end: float | None, what: str) -> float | None:
+    """A trim [start, end) in seconds: start >= 0, end after it (None or inf: to the end of the file). Returns
+    `end` (None for inf)."""
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not math.isfinite(start) or start < 0:
+        raise InvalidInputError(f"the {what}'s start must be a number of seconds, 0 or more, got {start!r}")
+    if end is None or (isinstance(end, float) and end == math.inf):
+        return None
+    if isinstance(end, bool) or not isinstance(end, (int, float)) or not math.isfinite(end):
+        raise InvalidInputError(f"the {what}'s end must be a number of seconds (or none: the end of the file), "
+                                f"got {end!r}")
+    if end <= start:
+        raise InvalidInputError(f"the {what}'s end ({end:g} s) must come after its start ({start:g} s)")
+    return end
+
+
+def _read(path: Path, what: str, start: float, end: float | None, seconds: float,
+          stereo: bool) -> tuple[np.ndarray, int, int]:
+    """_read_soundfile, or ffmpeg (mono) for the formats libsndfile does not read: (wave, rate, channels)."""
+    try:
+        return _read_soundfile(path, start, end, seconds, stereo, what)
+    except InvalidInputError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        if shutil.which("ffmpeg") is None:
+            raise _unreadable(what, path.name) from e
+        try:
+            wave, sr = _decode_with_ffmpeg(path, seconds if end is None else min(seconds, end - start), start)
+        except (ValueError, OSError, subprocess.TimeoutExpired) as e2:
+            raise _unreadable(what, path.name) from e2
+        if wave.size == 0 and start > 0:
+            raise InvalidInputError(f"the {what} file {path.name} has no audio from {start:g} s on: it is shorter "
+                                    "than that, choose an earlier start") from e
+        _check_samples(wave, what, path.name)
+        return wave, sr, 1
 
 
 def _unreadable(what: str, name: str) -> InvalidInputError:
@@ -266,38 +314,30 @@ def _level(wave: np.ndarray, what: str, name: str) -> str | None:
 
 
 def load_audio(path: str | Path, what: str, max_seconds: float, min_seconds: float, longer: str = "cut",
-               stereo: bool = False) -> Upload:
+               stereo: bool = False, start: float = 0.0, end: float | None = None) -> Upload:
     """An uploaded audio file -> Upload, checked for its format (rate, channels: before decoding), being
     readable, long enough, not silent, and its samples finite and not absurd. Mono, or stereo kept as stereo
-    when `stereo` (see _read_blocks). `what` names it in messages ("melody", "audio to continue"); a file
-    longer than `max_seconds` is cut there (longer="cut") or refused (longer="refuse"). Only what is used is
-    decoded; beyond NATIVE_SAMPLES_MAX it comes back at MODEL_RATE. Raises InvalidInputError with a message for
-    the user."""
+    when `stereo` (see _read_blocks). `what` names it in messages ("melody", "audio to continue"). Only
+    [start, end) seconds of the file are used (end None or beyond the file: to its end); a part longer than
+    `max_seconds` is cut there (longer="cut") or refused (longer="refuse"). Only what is used is decoded;
+    beyond NATIVE_SAMPLES_MAX it comes back at MODEL_RATE. Raises InvalidInputError with a message for the
+    user."""
     path = Path(path)
     name = path.name
+    end = _check_trim(start, end, what)
     if not path.is_file():
         raise InvalidInputError(f"the {what} file {name} was not received; upload it again")
     limit = max_seconds + (1.0 if longer == "refuse" else 0.0)  # read a little more to see that it is longer
-    try:
-        wave, sr, channels = _read_soundfile(path, limit, stereo, what)
-    except InvalidInputError:
-        raise
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-        if shutil.which("ffmpeg") is None:
-            raise _unreadable(what, name) from e
-        try:
-            (wave, sr), channels = _decode_with_ffmpeg(path, limit), 1
-        except (ValueError, OSError, subprocess.TimeoutExpired) as e2:
-            raise _unreadable(what, name) from e2
-        _check_samples(wave, what, name)
+    wave, sr, channels = _read(path, what, start, end, limit, stereo)
     if wave.size == 0:
         raise InvalidInputError(f"the {what} file {name} contains no audio")
     seconds = wave.shape[-1] / sr
+    used = what if start == 0 and end is None else f"{what} from {start:g} s to {start + seconds:.2f} s"
     if seconds < min_seconds:
-        raise InvalidInputError(f"the {what} is only {seconds:.2f} s long; give at least {min_seconds:g} s")
+        raise InvalidInputError(f"the {used} is only {seconds:.2f} s long; give at least {min_seconds:g} s")
     if seconds >= max_seconds and longer == "refuse":
         more = "" if seconds < limit else " or more"
-        raise InvalidInputError(f"the {what} is {seconds:.1f} s{more} long; it must be shorter than {max_seconds:g} s "
+        raise InvalidInputError(f"the {used} is {seconds:.1f} s{more} long; it must be shorter than {max_seconds:g} s "
                                 "(the model's window): trim it in the audio box or upload a shorter clip")
     notices = [_level(wave, what, name)]
     if stereo and channels > 2:
@@ -308,16 +348,19 @@ def load_audio(path: str | Path, what: str, max_seconds: float, min_seconds: flo
     return Upload(wave, sr, " ".join(n for n in notices if n) or None)
 
 
-def load_melody(path: str | Path, max_seconds: float = MELODY_MAX_SECONDS) -> Upload:
-    """A melody file: its first `max_seconds` (the melody models look no further), mixed to mono."""
-    return load_audio(path, "melody", max_seconds, MELODY_MIN_SECONDS)
+def load_melody(path: str | Path, start: float = 0.0, end: float | None = None, *,
+                max_seconds: float = MELODY_MAX_SECONDS) -> Upload:
+    """A melody file, mixed to mono: [start, end) seconds of it (default: all), of which the first
+    `max_seconds` (the melody models look no further)."""
+    return load_audio(path, "melody", max_seconds, MELODY_MIN_SECONDS, start=start, end=end)
 
 
-def load_continuation(path: str | Path) -> Upload:
-    """The audio a piece continues: shorter than the model's 30 s window, refused (not cut) when longer,
-    since its end is where the music goes on. Mono or stereo; more channels are mixed to mono."""
+def load_continuation(path: str | Path, start: float = 0.0, end: float | None = None) -> Upload:
+    """The audio a piece continues: [start, end) seconds of the file (default: all; Replicate's
+    continuation_start / continuation_end), shorter than the model's 30 s window, refused (not cut) when
+    longer, since its end is where the music goes on. Mono or stereo; more channels are mixed to mono."""
     return load_audio(path, "audio to continue", CONTINUE_MAX_SECONDS, CONTINUE_MIN_SECONDS, longer="refuse",
-                      stereo=True)
+                      stereo=True, start=start, end=end)
 
 
 # ---------------------------------------------------------------------------------------------------- picture

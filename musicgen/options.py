@@ -1,10 +1,10 @@
 """One generation's options: a frozen dataclass, its defaults and every check, in one place.
 
 Everything that shapes a generation besides the prompts (sampling, seed, duration, melody, continuation,
-window stride, decoder) is a `GenerationOptions`. `MusicGen.generate(prompts, duration, **kwargs)` is
-`options(None, duration=duration, **kwargs)`, the CLI and the web app build one, and `verify` is the only place
-a value is checked (the web app's request parsing turns form fields into numbers first, then calls it).
-Defaults are audiocraft's (MusicGen.set_generation_params, musicgen_app.py).
+window stride, decoder, the level of the audio returned) is a `GenerationOptions`. `MusicGen.generate(prompts,
+duration, **kwargs)` is `options(None, duration=duration, **kwargs)`, the CLI and the web app build one, and
+`verify` is the only place a value is checked (the web app's request parsing turns form fields into numbers
+first, then calls it). Defaults are audiocraft's (MusicGen.set_generation_params, musicgen_app.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from . import loudness
 from .errors import InvalidInputError
 
 DECODERS = ("encodec", "mbd")  # EnCodec's own decoder, or multi-band diffusion
@@ -42,6 +43,7 @@ class GenerationOptions:
     continue_from: Clip | None = None  # audio the piece starts with and goes on from (shorter than WINDOW)
     extend_stride: float = EXTEND_STRIDE  # beyond WINDOW: seconds each new window adds
     decoder: str = "encodec"  # one of DECODERS
+    normalize: str = loudness.DEFAULT_STRATEGY  # level of the audio returned: one of loudness.STRATEGIES
 
 
 NAMES = tuple(f.name for f in fields(GenerationOptions))
@@ -93,6 +95,10 @@ def verify(o: GenerationOptions) -> GenerationOptions:
         raise InvalidInputError(f"extend_stride must be in (0, {WINDOW:g}] seconds, got {o.extend_stride!r}")
     if o.decoder not in DECODERS:
         raise InvalidInputError(f"decoder must be one of {DECODERS}, got {o.decoder!r}")
+    if not isinstance(o.normalize, str) or o.normalize not in loudness.STRATEGIES:
+        raise InvalidInputError(f"normalize must be one of {', '.join(loudness.STRATEGIES)} (\"loudness\": "
+                                f"-{loudness.LOUDNESS_HEADROOM_DB:g} LUFS, \"none\": the decoder's raw output), "
+                                f"got {o.normalize!r}")
     return o
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,23 +12,25 @@ from einops import rearrange
 
 from . import codec as codec_mod
 from . import lm as lm_mod
+from . import loudness, timeline
 from . import text as text_mod
 from .codec import EnCodec
 from .config import MusicGenConfig
 from .convert import weights_folder
 from .diffusion import MultiBandDiffusion
 from .errors import InvalidInputError
-from .generate import Generation, StepFn, decode_step, decode_steps
+from .generate import Generation, StepFn, TextFn, decode_step, decode_steps
 from .hub import resolve
 from .layout import QUANTIZE, dynamic_int8_available, int8_available
 from .lm import LM
 from .longform import Window, frames_of, melody_wave, plan_windows, prepare_prompt_audio, window_chroma
 from .melody import ChromaExtractor
-from .options import MAX_DURATION, WINDOW, Clip, GenerationOptions, ProgressFn, check_prompts, check_tokens, seed_of
+from .options import MAX_DURATION, WINDOW, Clip, GenerationOptions, ProgressFn, check_tokens, seed_of
 from .options import options as make_options
 from .sampling import SamplingParams
 from .streaming import StreamDecoder, can_stream
 from .text import T5Encoder, TextTokenizer
+from .timeline import Prompts
 from .weights import Checkpoint, release_free_memory
 
 DECODE_CHUNK = 50  # frames (1 s of one channel) per EnCodec decoder pass, split between the batch's items.
@@ -38,11 +40,12 @@ DECODE_CHUNK = 50  # frames (1 s of one channel) per EnCodec decoder pass, split
 
 @dataclass
 class GenerationOutput:
-    audio: torch.Tensor | None  # [B, C, S] float32 in [-1, 1] on the CPU (None: stream(decode=False))
+    audio: torch.Tensor | None  # [B, C, S] float32 in [-1, 1] on the CPU, levelled by options.normalize (None:
+    # stream(decode=False))
     tokens: torch.Tensor  # [B, K, frames] long on the CPU
     sample_rate: int
     seed: int  # the seed that reproduces this result
-    audio_encodec: torch.Tensor | None = None  # with decoder="mbd": the EnCodec decode, for comparison
+    audio_encodec: torch.Tensor | None = None  # with decoder="mbd": the EnCodec decode (levelled), for comparison
 
 
 @dataclass
@@ -181,10 +184,15 @@ class MusicGen:
         release_free_memory()  # glibc keeps the chunks' freed buffers otherwise (~0.25 GB)
         return audio
 
-    def generate(self, prompts: str | Sequence[str], duration: float | None = None, *,
+    def generate(self, prompts: Prompts, duration: float | None = None, *,
                  options: GenerationOptions | None = None, progress: ProgressFn | None = None,
                  **changes: Any) -> GenerationOutput:
         """Generate `duration` seconds (up to 300) of music for each prompt ("" = unconditional).
+
+        `prompts`: a str, a list of str (one piece each), or one piece's timeline as (seconds, prompt) pairs,
+        `[(0, "ambient pads"), (30, "drums come in")]`; any str may be a timeline itself, "0:00 ambient pads |
+        0:30 drums come in" (timeline.py: each 30 s window plays the prompt in force where its new audio
+        starts).
 
         The keywords are `GenerationOptions`' fields (options.py), on top of `options` if given: top_k,
         top_p (> 0 overrides top_k), temperature (0 = greedy), cfg_coef, seed (the seed used is returned
@@ -192,18 +200,20 @@ class MusicGen:
         [B, C, S], one tune for every prompt or one per prompt, any rate), continue_from=(wave, sample_rate)
         (see `generate_continuation`), extend_stride (beyond 30 s the piece is made window by window, each
         new 30 s window prompted with the last 30 - extend_stride seconds of the previous one), decoder
-        ("mbd": multi-band diffusion; `out.audio_encodec` keeps the EnCodec version). `progress(step,
-        total)` is called after every decode (and diffusion) step."""
+        ("mbd": multi-band diffusion; `out.audio_encodec` keeps the EnCodec version), normalize (the level of
+        the audio returned, loudness.STRATEGIES: by default -16 LUFS as audiocraft's demo writes; "none": the
+        decoder's output as `decode` gives it). `progress(step, total)` is called after every decode (and
+        diffusion) step."""
         return finish(self.stream(prompts, duration, options=options, progress=progress, **changes), progress)
 
-    def generate_continuation(self, prompt_audio: object, prompt_sample_rate: int, prompts: str | Sequence[str],
+    def generate_continuation(self, prompt_audio: object, prompt_sample_rate: int, prompts: Prompts,
                               duration: float | None = None, **kwargs: Any) -> GenerationOutput:
         """Continue `prompt_audio` ([S], [C, S] or [B, C, S], any rate, shorter than 30 s): it is encoded
         with EnCodec and the music goes on from it. The output holds the (re-encoded) prompt followed by
         the continuation; `duration` counts the whole result. Keywords as `generate`."""
         return self.generate(prompts, duration, continue_from=(prompt_audio, prompt_sample_rate), **kwargs)
 
-    def stream(self, prompts: str | Sequence[str], duration: float | None = None, *,
+    def stream(self, prompts: Prompts, duration: float | None = None, *,
                options: GenerationOptions | None = None, progress: ProgressFn | None = None, decode: bool = True,
                **changes: Any) -> Iterator[StreamStep | GenerationOutput]:
         """`generate` as an iterator: a `StreamStep` after every decode step with the frames of the piece
@@ -220,18 +230,19 @@ class MusicGen:
         while not gen.done:
             decode_steps(self.lm, [gen], self.step_fn)
             yield StreamStep(gen.step, total, gen.frames().cpu())
-        yield self.output(gen.frames(), o.decoder, seed, decode=decode, progress=progress, steps_before=gen.total)
+        yield self.output(gen.frames(), o.decoder, seed, decode=decode, progress=progress, steps_before=gen.total,
+                          normalize=o.normalize)
 
-    def prepare(self, prompts: str | Sequence[str], o: GenerationOptions) -> tuple[Generation, int]:
-        """What a generation needs before its first decode step (checks, text states, the user's audio
-        encoded, the windows), not begun yet; and its seed."""
-        prompts = check_prompts(prompts)
-        frames, B, seed = self._frames(o.duration), len(prompts), seed_of(o)
+    def prepare(self, prompts: Prompts, o: GenerationOptions) -> tuple[Generation, int]:
+        """What a generation needs before its first decode step (checks, text states of every window, the
+        user's audio encoded, the windows), not begun yet; and its seed."""
+        pieces = timeline.pieces(prompts, o.duration)
+        frames, B, seed = self._frames(o.duration), len(pieces), seed_of(o)
         wave = melody_wave(self.chroma, o.melody, B, frames / self.frame_rate, self.name)
         head = self._encode_head(o.continue_from, B, frames, o.duration)
         window, stride = round(WINDOW * self.frame_rate), round(o.extend_stride * self.frame_rate)
         plan = plan_windows(frames, window, stride, head.shape[-1])
-        text, mask = self.encode_text(prompts)
+        text_of = self._text_of(pieces, plan)
         params = SamplingParams(o.top_k, float(o.top_p), float(o.temperature), float(o.cfg_coef))
         generator = torch.Generator(self.device).manual_seed(seed)
 
@@ -240,20 +251,41 @@ class MusicGen:
                 return None
             return window_chroma(self.chroma, wave, B, w, len(plan) > 1, self.frame_rate, WINDOW).to(self.device)
 
-        return Generation(self.lm, text, mask, plan, params, generator, head, chroma_of), seed
+        return Generation(self.lm, text_of, plan, params, generator, head, chroma_of), seed
+
+    def _text_of(self, pieces: list[timeline.Timeline], plan: list[Window]) -> TextFn:
+        """window -> T5 states [B, L, D_text] and mask [B, L] of the prompts in force where its new audio
+        starts, one per piece; each distinct set of prompts is encoded once, all of them now (in the caller's
+        thread, not in a decode loop between steps). Without a timeline: one set, the prompts as given."""
+
+        def prompts_of(w: Window) -> tuple[str, ...]:
+            return tuple(timeline.in_force(p, (w.offset + w.prompt) / self.frame_rate) for p in pieces)
+
+        encoded = {key: self.encode_text(list(key)) for key in dict.fromkeys(map(prompts_of, plan))}
+        return lambda w: encoded[prompts_of(w)]
 
     def output(self, tokens: torch.Tensor, decoder: str, seed: int, *, decode: bool = True,
-               progress: ProgressFn | None = None, steps_before: int = 0) -> GenerationOutput:
+               progress: ProgressFn | None = None, steps_before: int = 0,
+               normalize: str = loudness.DEFAULT_STRATEGY) -> GenerationOutput:
         """Finished tokens [B, K, T] -> the `GenerationOutput` (decoded unless decode=False; with "mbd" the
-        diffusion steps are reported to `progress` after the `steps_before` decode steps)."""
+        diffusion steps are reported to `progress` after the `steps_before` decode steps), each item's audio
+        levelled by `normalize` (loudness.STRATEGIES; "none": as `decode` gives it)."""
+        if normalize not in loudness.STRATEGIES:  # before the work: GenerationOptions checked it already
+            raise InvalidInputError(f"normalize must be one of {', '.join(loudness.STRATEGIES)}, got {normalize!r}")
         release_free_memory()  # the KV cache's pages go back to the OS before the decoder needs its own
-        audio = self.decode(tokens) if decode else None
+        audio = self._level(self.decode(tokens), normalize) if decode else None
         if decoder != "mbd":
             return GenerationOutput(audio, tokens.cpu(), self.sample_rate, seed)
         total = steps_before + self.mbd.total_steps
         tick = (lambda s, _: progress(steps_before + s, total)) if progress is not None else None
-        return GenerationOutput(self.decode(tokens, "mbd", seed=seed, progress=tick), tokens.cpu(), self.sample_rate,
-                                seed, audio_encodec=audio)
+        mbd = self._level(self.decode(tokens, "mbd", seed=seed, progress=tick), normalize)
+        return GenerationOutput(mbd, tokens.cpu(), self.sample_rate, seed, audio_encodec=audio)
+
+    def _level(self, audio: torch.Tensor, strategy: str) -> torch.Tensor:
+        """audio [B, C, S] -> each item [C, S] levelled on its own (one gain for all its channels)."""
+        if strategy == "none":
+            return audio
+        return torch.stack([loudness.normalize(item, self.sample_rate, strategy) for item in audio])
 
     def _encode_head(self, clip: Clip | None, batch: int, frames: int, duration: float) -> torch.Tensor:
         """The frames the piece starts with [B, K, P]: the user's audio to continue, encoded (P = 0 without)."""

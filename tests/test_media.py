@@ -256,6 +256,73 @@ def test_segmented_resample_equals_the_whole(monkeypatch: pytest.MonkeyPatch, ra
     assert parts.shape == whole.shape and np.abs(parts - whole).max() < 1e-5
 
 
+# ------------------------------------------------------------------------------------------- trims
+@pytest.mark.parametrize("rate", [32000, 44100])
+def test_a_trimmed_upload_is_that_part_of_the_file(tmp_path: Path, rate: int) -> None:
+    """[start, end) of the file: the same samples as the untrimmed upload's (at the model rate, and at a rate
+    handed on as read), both channels kept to continue, mixed to mono for a melody."""
+    rng = np.random.default_rng(rate)
+    path = tmp_path / "take.wav"
+    sf.write(str(path), (0.3 * rng.standard_normal((5 * rate, 2))).astype(np.float32), rate, subtype="FLOAT")
+    whole, melody = media.load_continuation(path), media.load_melody(path)
+    a, b = round(1.25 * rate), round(3.5 * rate)
+    clip = media.load_continuation(path, 1.25, 3.5)
+    assert clip.sample_rate == rate and np.array_equal(clip.wave, whole.wave[:, a:b])
+    assert np.array_equal(media.load_melody(path, 1.25, 3.5).wave, melody.wave[:, a:b])
+    assert np.array_equal(media.load_continuation(path, 1.25, 99).wave, whole.wave[:, a:])  # end clamped
+    assert np.array_equal(media.load_melody(path, end=2).wave, melody.wave[:, : 2 * rate])
+
+
+def test_only_the_trimmed_part_is_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_blocks(tmp_path / "long.flac", 32000, 1, 20, tone(1), format="FLAC", subtype="PCM_16")
+    read, seeks = [], []
+    original_read, original_seek = sf.SoundFile.read, sf.SoundFile.seek
+    monkeypatch.setattr(sf.SoundFile, "read", lambda f, *a, **k: read.append(len(r := original_read(f, *a, **k)))
+                        or r)
+    monkeypatch.setattr(sf.SoundFile, "seek", lambda f, *a, **k: seeks.append(a) or original_seek(f, *a, **k))
+    up = media.load_melody(path, 12.0, 14.5)
+    assert up.wave.shape == (1, 80000) and sum(read) == 80000
+    assert seeks[0] == (12 * 32000,)  # straight to the start (soundfile's own seeks, tell(), come after)
+
+
+def test_trim_errors_say_what_to_change(tmp_path: Path) -> None:
+    path = tmp_path / "five.wav"
+    sf.write(str(path), np.full((5 * 32000, 1), 0.2, np.float32), 32000)
+    for load, what in ((media.load_melody, "melody"), (media.load_continuation, "audio to continue")):
+        with pytest.raises(InvalidInputError, match=f"the {what}'s start must be a number of seconds, 0 or more, "
+                                                    "got -1"):
+            load(path, -1)
+        with pytest.raises(InvalidInputError, match=rf"the {what}'s end \(2 s\) must come after its start \(3 s\)"):
+            load(path, 3, 2)
+        with pytest.raises(InvalidInputError, match=rf"the {what}'s end \(3 s\) must come after its start"):
+            load(path, 3, 3)
+        with pytest.raises(InvalidInputError, match=rf"the {what} is to start at 6 s, but the file five.wav is only "
+                                                    r"5.00 s long: choose an earlier start"):
+            load(path, 6)
+        with pytest.raises(InvalidInputError, match="end must be a number of seconds"):
+            load(path, 0, float("nan"))
+    with pytest.raises(InvalidInputError, match=r"the melody from 4.8 s to 5.00 s is only 0.20 s long; give at "
+                                                "least 0.5 s"):
+        media.load_melody(path, 4.8)
+    long = tmp_path / "forty.flac"
+    sf.write(str(long), np.full(40 * 16000, 0.1, np.float32), 16000)
+    with pytest.raises(InvalidInputError, match=r"the audio to continue from 5 s to 36.00 s is 31.0 s or more long"):
+        media.load_continuation(long, 5)
+    assert media.load_continuation(long, 15).clip[0].shape == (1, 25 * 16000)  # the last 25 s fit the window
+
+
+def test_ffmpeg_seeks_to_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files libsndfile does not read: ffmpeg is asked for the part only (-ss before -i, -t its length)."""
+    fake_ffmpeg(tmp_path, monkeypatch, f'echo "$@" > {tmp_path / "args"}\nexec cat /dev/zero')
+    junk = tmp_path / "clip.m4a"
+    junk.write_bytes(b"\x00" * 100)
+    wave, rate, channels = media._read(junk, "melody", 1.5, 4.0, 30.0, False)
+    assert (rate, channels) == (32000, 1) and wave.shape == (1, int(2.5 * 32000))
+    args = (tmp_path / "args").read_text().split()
+    assert args.index("-ss") < args.index("-i") and args[args.index("-ss") + 1] == "1.5"
+    assert args[args.index("-t") + 1] == "2.5"
+
+
 # ------------------------------------------------------------------------------------------- ffmpeg
 def fake_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
     script = tmp_path / "bin" / "ffmpeg"

@@ -13,8 +13,8 @@ from musicgen.options import NAMES, GenerationOptions, options, seed_of
 
 def test_defaults_are_audiocraft_s_and_frozen() -> None:
     o = GenerationOptions()
-    assert (o.duration, o.top_k, o.top_p, o.temperature, o.cfg_coef, o.seed, o.extend_stride, o.decoder) == (
-        10.0, 250, 0.0, 1.0, 3.0, None, 18.0, "encodec")
+    assert (o.duration, o.top_k, o.top_p, o.temperature, o.cfg_coef, o.seed, o.extend_stride, o.decoder,
+            o.normalize) == (10.0, 250, 0.0, 1.0, 3.0, None, 18.0, "encodec", "loudness")
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.top_k = 5  # type: ignore[misc]
 
@@ -38,6 +38,8 @@ def test_options_replaces_and_keeps_the_base() -> None:
     ({"continue_from": (1, 2, 3)}, "continue_from must be"),
     ({"extend_stride": 0}, "extend_stride"),
     ({"decoder": "wavenet"}, "decoder must be one of"),
+    ({"normalize": "lufs"}, r'normalize must be one of loudness, peak, rms, clip, none \("loudness": -16 LUFS, '),
+    ({"normalize": None}, "normalize must be one of"),
     ({"top_kk": 5}, "unknown generation option.s. top_kk; the options are duration, top_k"),
 ])
 def test_every_check_lives_here(change: dict, message: str) -> None:
@@ -58,6 +60,6 @@ def test_generate_takes_the_fields_as_keywords(small) -> None:
     b = small.generate(["lofi"], 0.2, seed=11, top_k=50, temperature=0.7)
     c = small.generate(["lofi"], options=o, seed=12)
     assert a.tokens.equal(b.tokens) and not a.tokens.equal(c.tokens) and c.seed == 12
-    assert set(NAMES) >= {"melody", "continue_from", "extend_stride", "decoder"}
+    assert set(NAMES) >= {"melody", "continue_from", "extend_stride", "decoder", "normalize"}
     with pytest.raises(InvalidInputError, match="unknown generation option"):
         small.generate(["lofi"], 0.2, temprature=0.5)

@@ -8,18 +8,59 @@ import math
 import pytest
 import torch
 
-from musicgen import GenerationOutput, InvalidInputError, MusicGen
+from musicgen import GenerationOutput, InvalidInputError, MusicGen, dsp, loudness
 
 
 def test_output_contract(small: MusicGen) -> None:
-    out = small.generate(["lofi", "synthwave", ""], 0.25, seed=3)
+    out = small.generate(["lofi", "synthwave", ""], 0.25, seed=3, normalize="none")
     assert isinstance(out, GenerationOutput)
     assert out.sample_rate == small.sample_rate == 32000
     assert out.tokens.dtype == torch.long and out.tokens.shape == (3, 4, round(0.25 * 50))
     assert out.audio.dtype == torch.float32 and out.audio.shape == (3, small.audio_channels, 12 * 640)
     assert out.audio.abs().max() <= 1.0
-    torch.testing.assert_close(small.decode(out.tokens), out.audio)
+    assert torch.equal(small.decode(out.tokens), out.audio)  # "none": the decoder's output as it is
     assert small.generate("just one string", 0.1, seed=1).tokens.shape[0] == 1
+
+
+def quiet_engine(folder: object, gain: float = 0.05) -> MusicGen:
+    """The tiny checkpoint with its EnCodec decoder's last layer scaled by `gain`. The tiny random model's own
+    output is noise clipped at full scale (RMS ~0.6), which BS.1770 as torchaudio measures it reads low (its
+    K-weighting filter clamps at +-1; audiocraft reads it the same way): scaled down, it is a signal whose
+    loudness can be measured, as real music is."""
+    mg = MusicGen.from_pretrained(folder, device="cpu")
+    with torch.no_grad():
+        last = mg.codec.decoder.layers[-1].conv
+        last.weight.mul_(gain)
+        last.bias.mul_(gain)
+    return mg
+
+
+def test_output_is_levelled_to_minus_16_lufs_by_default(small: MusicGen, checkpoints) -> None:
+    """audiocraft's demo level (loudness.py), each item on its own, measured as BS.1770 (dsp.loudness)."""
+    quiet = quiet_engine(checkpoints["current"][1])
+    out = quiet.generate(["lofi", "synthwave"], 2.0, seed=3)
+    raw = quiet.decode(out.tokens)
+    for item, decoded in zip(out.audio, raw):
+        assert abs(dsp.loudness(item, 32000) + 16.0) < 1.0, dsp.loudness(item, 32000)
+        assert abs(dsp.loudness(decoded, 32000) + 16.0) > 3.0  # the decoder's own level is elsewhere
+    out = small.generate(["lofi", "synthwave"], 2.0, seed=3)  # clipped noise: levelled all the same
+    for item, decoded in zip(out.audio, small.decode(out.tokens)):
+        assert torch.equal(item, loudness.normalize(decoded, 32000, "loudness"))
+    again = small.generate(["lofi", "synthwave"], 2.0, seed=3, normalize="peak")
+    assert torch.equal(again.tokens, out.tokens)  # the level changes the audio only
+    peaks = again.audio.abs().amax(dim=(1, 2))
+    torch.testing.assert_close(peaks, torch.full((2,), 10 ** (-1 / 20)))  # -1 dBFS each
+
+
+def test_stereo_items_get_one_gain_for_both_channels(stereo_pair: tuple[object, MusicGen]) -> None:
+    mg = quiet_engine(stereo_pair[1].name)  # peaks below full scale: each item has its own
+    out = mg.generate(["lofi", "jazz"], 0.5, seed=2, normalize="peak")
+    raw = mg.decode(out.tokens)
+    gains = 10 ** (-1 / 20) / raw.abs().amax(dim=(1, 2))  # "peak": the item's largest sample to -1 dBFS
+    assert not torch.allclose(gains[0], gains[1])  # each item its own gain ...
+    for item, decoded, gain in zip(out.audio, raw, gains):
+        torch.testing.assert_close(item, decoded * gain)  # ... the same for its two channels
+        assert (item[0] - item[1]).abs().max() > 1e-3
 
 
 def test_defaults_are_audiocraft_s() -> None:
@@ -47,6 +88,7 @@ BAD_INPUTS = [
     ({"top_p": -0.1}, "top_p"),
     ({"cfg_coef": math.nan}, "cfg_coef"),
     ({"seed": -1}, "seed"),
+    ({"normalize": "loud"}, "normalize must be one of loudness, peak, rms, clip, none"),
     ({"prompts": []}, "non-empty list"),
     ({"prompts": ["ok", 3]}, "prompt 1 is a int"),
     ({"prompts": None}, "non-empty list"),

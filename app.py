@@ -27,6 +27,7 @@ import torch
 from backend import Job, Studio, readable_input_errors, user_errors
 from musicgen import history, media, session, studio
 from musicgen.layout import QUANTIZE
+from musicgen.loudness import DEFAULT_STRATEGY, STRATEGIES
 from musicgen.options import MAX_DURATION, GenerationOptions
 from musicgen.pipeline import default_device
 from musicgen.serve import MAX_ROWS
@@ -45,6 +46,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 MELODY_EXAMPLES = sorted((ASSETS / "melodies").glob("*.wav"))  # made by scripts/make_assets.py
 CONTINUE_EXAMPLE = ASSETS / "continue" / "pop_progression.wav"
 D = GenerationOptions()  # the engine's defaults (audiocraft's), shown on the page and in the API
+FORMAT_LABELS = {"wav": "WAV 16-bit", "wav24": "WAV 24-bit", "flac": "FLAC", "mp3": "MP3 320 kbps", "ogg": "OGG Vorbis"}
 PROGRESS_EVERY = 0.25  # seconds between progress updates to a client (also how soon a cancel is noticed)
 CSS = """
 #generate-row button { min-height: 3rem; }
@@ -154,16 +156,23 @@ def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str
         f["stereo"] = gr.Checkbox(value=False, label="Stereo", scale=1, min_width=100)
     f["decoder"] = gr.Radio([(v, k) for k, v in studio.DECODER_LABELS.items()], value=D.decoder, label="Decoder")
     controls["hint"] = gr.Markdown(_hint("small", False, None))
+    trims: dict[str, gr.components.Component] = {}
     with gr.Accordion("Melody or audio to continue (optional)", open=False, elem_id="audio-inputs"), gr.Tabs():
         with gr.Tab("Melody", id="melody-tab"):
             f["melody"] = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="melody",
                                    label="The tune to follow (first 30 s are used)")
             gr.Examples([[str(p)] for p in MELODY_EXAMPLES], inputs=[f["melody"]],
                         label="Example melodies (public-domain tunes, synthesised by scripts/make_assets.py)")
+            with gr.Row():
+                trims["melody_start"] = gr.Number(0, minimum=0, label="Use from (s)", min_width=80)
+                trims["melody_end"] = gr.Number(0, minimum=-1, label="to (s, 0 = the end)", min_width=80)
         with gr.Tab("Continue", id="continue-tab"):
             continue_audio = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="continue",
                                       label="Audio to continue (under 30 s, part of the duration)")
             gr.Examples([[str(CONTINUE_EXAMPLE)]], inputs=[continue_audio], label="Example clip")
+            with gr.Row():
+                trims["continue_start"] = gr.Number(0, minimum=0, label="Use from (s)", min_width=80)
+                trims["continue_end"] = gr.Number(0, minimum=-1, label="to (s, 0 = the end)", min_width=80)
     with gr.Accordion("Advanced", open=False):
         f["top_k"] = gr.Slider(0, 1000, value=D.top_k, step=1, label="Top-k (0 = off)")
         f["top_p"] = gr.Slider(0.0, 1.0, value=D.top_p, step=0.01, label="Top-p (0 = off; above 0 replaces top-k)")
@@ -174,8 +183,16 @@ def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str
                                   label="Seed (-1 = random)", scale=3)
             controls["dice"] = gr.Button("🎲 Randomize", scale=1)
             controls["reuse"] = gr.Button("♻️ Last seed", scale=1)
+        with gr.Row():
+            loudness_choice = gr.Dropdown(list(STRATEGIES), value=DEFAULT_STRATEGY, label="Loudness (loudness: -16 "
+                                          "LUFS as audiocraft's demo writes; peak, rms, clip or none)")
+            format_choice = gr.Dropdown([(label, k) for k, label in FORMAT_LABELS.items()], value="wav",
+                                        label="Download format")
     f["continue_audio"] = continue_audio
-    for name in ("prompt", "duration", "top_k", "top_p", "temperature", "cfg_coef", "seed"):
+    f["loudness"] = loudness_choice
+    f["output_format"] = format_choice
+    f |= trims
+    for name in ("prompt", "duration", "top_k", "top_p", "temperature", "cfg_coef", "seed", *trims):
         as_sent(f[name])
     return f, controls
 
@@ -259,13 +276,13 @@ def _page_events(st: Studio, page: Page, run: str, started: float, *args: object
 
 def _result_update(st: Studio, page: Page, job: Job, res: session.Result) -> dict:
     tag = "-mbd" if res.encodec is not None else ""
-    final = media.write_wav(st.output_path(res.seed, tag), res.audio, res.sample_rate)
+    final = st.write(res.audio, res.sample_rate, res.seed, job.req.output_format, tag)
     update = {page.result: final, page.picture: media.render_picture(res.audio, res.sample_rate),
               page.info: summary(res, job, st.cache.device), page.last_seed: res.seed,
               page.last_take: history.entry(job.req, res.seed, job.ckpt.repo, res.seconds, final),
               page.status: status_html(f"Done: {res.seconds:.1f} s of audio in {res.elapsed:.1f} s", 1.0)}
     if res.encodec is not None:  # both versions side by side, as audiocraft's demo does
-        plain = media.write_wav(st.output_path(res.seed, "-encodec"), res.encodec, res.sample_rate)
+        plain = st.write(res.encodec, res.sample_rate, res.seed, job.req.output_format, "-encodec")
         update |= {page.result: gr.update(value=plain, label="EnCodec"),
                    page.result_mbd: gr.update(value=final, visible=True)}
     return update
@@ -277,15 +294,19 @@ def api_generate(st: Studio) -> Callable[..., Iterator]:
     def generate(prompt: str, duration: float = D.duration, model_size: str = "small", stereo: bool = False,
                  decoder: str = D.decoder, melody: str | None = None, top_k: int = D.top_k, top_p: float = D.top_p,
                  temperature: float = D.temperature, cfg_coef: float = D.cfg_coef, seed: int = -1,
-                 continue_audio: str | None = None,
+                 continue_audio: str | None = None, loudness: str = DEFAULT_STRATEGY, output_format: str = "wav",
+                 melody_start: float = 0, melody_end: float = 0, continue_start: float = 0, continue_end: float = 0,
                  progress=gr.Progress()) -> Iterator:  # noqa: B008 (how Gradio injects a progress tracker)
-        """Generate music from a text prompt; returns the WAV file (from the chosen decoder).
+        """Generate music from a text prompt; returns the audio file (from the chosen decoder).
         seed -1 draws a random one; melody (an audio file) picks a melody checkpoint; continue_audio (an
         audio file shorter than 30 s) starts the piece with that clip and goes on from it (the duration
-        counts it)."""
+        counts it). loudness: loudness (-16 LUFS, the default), peak, rms, clip or none; output_format: wav,
+        wav24, flac, mp3 or ogg; melody_start / melody_end and continue_start / continue_end: the part of
+        each file used, in seconds (end 0 or -1: the end of the file)."""
         with user_errors(st):
             job = st.job(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature,
-                         cfg_coef, seed, continue_audio)
+                         cfg_coef, seed, continue_audio, loudness, output_format, melody_start, melody_end,
+                         continue_start, continue_end)
             # a generator, so that a cancelled job or a lost client closes it (Gradio closes a generator
             # handler's iterator at its next yield; it can only once the first yield registered it): the
             # engine then stops at its next step (a model download is not interrupted; nothing runs after)
@@ -304,7 +325,7 @@ def api_generate(st: Studio) -> Callable[..., Iterator]:
                             shown = time.monotonic()
                             yield gr.skip()
                     elif isinstance(event, session.Result):
-                        yield str(media.write_wav(st.output_path(event.seed), event.audio, event.sample_rate))
+                        yield str(st.write(event.audio, event.sample_rate, event.seed, job.req.output_format))
                         return
         raise gr.Error("Generation ended without audio")
 

@@ -62,8 +62,8 @@ class Studio:
         needed."""
         req = studio.parse_request(*args)
         ckpt, notice = studio.choose_checkpoint(req.model_size, req.stereo, req.melody_path is not None)
-        uploads = (media.load_melody(req.melody_path) if req.melody_path else None,
-                   media.load_continuation(req.continue_path) if req.continue_path else None)
+        uploads = (media.load_melody(req.melody_path, *req.melody_trim) if req.melody_path else None,
+                   media.load_continuation(req.continue_path, *req.continue_trim) if req.continue_path else None)
         notice = " ".join(n for n in (notice, *(u.notice for u in uploads if u)) if n) or None
         melody, clip = (u.clip if u else None for u in uploads)
         if clip is not None:
@@ -81,11 +81,15 @@ class Studio:
         mg, engine = self.cache.engine(repo)
         yield from session.run(mg, req, melody, continuation=continuation, stream=stream, engine=engine)
 
+    def write(self, audio: Any, sample_rate: int, seed: int, fmt: str, tag: str = "") -> Path:
+        """A result file in format `fmt` (media.FORMATS), under a name of its own."""
+        return media.write_audio(self.output_path(seed, tag), audio, sample_rate, fmt)
+
     def output_path(self, seed: int, tag: str = "") -> Path:
         """A new file name for one result: unique per request (two visitors with the same seed in the same
         second must never share a file), keeping the seed in the name for the person who downloads it."""
         cutoff = time.time() - 3600  # keep an hour of results on disk
-        for old in self.out_dir.glob("*.wav"):
+        for old in self.out_dir.glob("musicgen-*"):
             with contextlib.suppress(FileNotFoundError):  # another request's cleanup got there first
                 if old.stat().st_mtime < cutoff:
                     old.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from .studio import Request
 
 LIMIT = 20  # entries kept per browser
 SETTINGS = ("duration", "model_size", "stereo", "decoder", "top_k", "top_p", "temperature", "cfg_coef")
-RESULT_NAME = re.compile(r"musicgen-\d+(-[a-z0-9]+)?-[0-9a-f]{12}\.wav")  # Studio.output_path's names
+RESULT_NAME = re.compile(r"musicgen-\d+(-[a-z0-9]+)?-[0-9a-f]{12}\.(wav|flac|mp3|ogg)")  # backend.Studio's names
 
 
 def entry(req: Request, seed: int, repo: str, seconds: float, file: Path) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 A decode step reads every weight of the language model once whatever the batch, so extra rows are nearly
 free. The `Scheduler` owns a `MusicGen` and a thread that runs one decode step at a time for all active
-requests (`generate.decode_steps`). A request submitted from any thread is prepared in that thread (checks,
-T5, the user's audio), waits in a FIFO line while the batch is full, and joins at the next step: its window
-is set up (conditioning, melody prefix, continuation prompt) in KV cache rows of its own. Each request keeps
+requests (`generate.decode_steps`). A request submitted from any thread is checked there, waits in a FIFO
+line while the batch is full, and joins at the next step: it is prepared in the loop's thread (T5, the user's
+audio encoded: with the same threads as `MusicGen.generate` alone, since a matrix product's last bits depend
+on the thread count) and its window is set up (conditioning, melody prefix, continuation prompt) in KV cache
+rows of its own. Each request keeps
 its own duration, windows, sampling settings, guidance and random generator; it leaves when its tokens are
 done (or at the next step after a cancel), freeing its rows for the next in line. Decoding the tokens to
 audio (EnCodec or multi-band diffusion) happens in the requester's thread, outside the loop.
@@ -18,22 +20,23 @@ row count) and CUDA (cuBLAS does too) keep the same music in law but not to the 
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import timeline
 from .errors import InvalidInputError
 from .generate import Generation, decode_steps
 from .lm import KVCache
 from .options import WINDOW, GenerationOptions, ProgressFn
 from .options import options as make_options
 from .pipeline import GenerationOutput, MusicGen, StreamStep
+from .timeline import Prompts
 
 MAX_ROWS = 16  # 8 guided requests: measured on 2 CPU cores (int8), a step of 16 rows costs ~2.3x one of 2
 MEMORY_SHARE = 0.5  # of the memory available when the scheduler starts, at most, for its KV cache
@@ -83,14 +86,21 @@ class SlotCache:
 class Ticket:
     """One submitted request: the scheduler thread posts its progress here; `Scheduler.stream` reads it."""
 
-    def __init__(self, gen: Generation, o: GenerationOptions, seed: int, total: int) -> None:
-        self.gen, self.options, self.seed, self.total = gen, o, seed, total
+    def __init__(self, prompts: Prompts, o: GenerationOptions, rows: int, extra_steps: int) -> None:
+        self.prompts, self.options, self.rows, self.extra_steps = prompts, o, rows, extra_steps
+        self.gen: Generation | None = None  # prepared by the loop when the request joins
+        self.seed = 0
         self.start: int | None = None  # first cache row, while it runs
         self.cancelled = False
         self.latest: StreamStep | None = None
         self.tokens: torch.Tensor | None = None  # set when its tokens are done
         self.error: BaseException | None = None
         self.ahead = 0  # requests before it in line (0 once running)
+
+    @property
+    def total(self) -> int:
+        assert self.gen is not None
+        return self.gen.total + self.extra_steps
 
 
 class Scheduler:
@@ -115,19 +125,19 @@ class Scheduler:
         self._thread.start()
 
     # ------------------------------------------------------------------ the requester's side
-    def stream(self, prompts: str | Sequence[str], duration: float | None = None, *,
+    def stream(self, prompts: Prompts, duration: float | None = None, *,
                options: GenerationOptions | None = None, progress: ProgressFn | None = None, decode: bool = True,
                **changes: Any) -> Iterator[Queued | StreamStep | GenerationOutput]:
         """As `MusicGen.stream`, sharing the decode steps with every other request: `Queued` while it waits,
         the newest `StreamStep` whenever the reader asks (steps it was too slow for are skipped), then the
         `GenerationOutput`. Closing the iterator (or a `Stopped` reader) cancels the request."""
         o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
-        gen, seed = self.mg.prepare(prompts, o)
-        if gen.rows > self.max_rows:
-            raise InvalidInputError(f"{gen.text.shape[0]} prompts need {gen.rows} rows; this server runs at most "
-                                    f"{self.max_rows} at once")
+        rows = len(timeline.pieces(prompts, o.duration)) * (2 if o.cfg_coef != 1.0 else 1)  # (Generation.rows)
+        if rows > self.max_rows:
+            raise InvalidInputError(f"these prompts need {rows} rows; this server runs at most {self.max_rows} "
+                                    "at once")
         mbd = self.mg.mbd if o.decoder == "mbd" else None  # fetched now, so a download error comes early
-        ticket = Ticket(gen, o, seed, gen.total + (mbd.total_steps if mbd is not None else 0))
+        ticket = Ticket(prompts, o, rows, mbd.total_steps if mbd is not None else 0)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -136,14 +146,14 @@ class Scheduler:
             self._cv.notify_all()
         try:
             yield from self._events(ticket)
-            tokens = ticket.tokens
-            if tokens is None:  # cancelled from another thread
+            if ticket.tokens is None or ticket.gen is None:  # cancelled from another thread
                 return
-            yield self.mg.output(tokens, o.decoder, seed, decode=decode, progress=progress, steps_before=gen.total)
+            yield self.mg.output(ticket.tokens, o.decoder, ticket.seed, decode=decode, progress=progress,
+                                 steps_before=ticket.gen.total, normalize=o.normalize)
         finally:
             self.cancel(ticket)
 
-    def generate(self, prompts: str | Sequence[str], duration: float | None = None, **kwargs: Any) -> GenerationOutput:
+    def generate(self, prompts: Prompts, duration: float | None = None, **kwargs: Any) -> GenerationOutput:
         """As `MusicGen.generate` (blocking), batched with whatever else runs."""
         progress = kwargs.get("progress")
         for event in self.stream(prompts, duration, **kwargs):
@@ -216,32 +226,39 @@ class Scheduler:
                 self._leave_cancelled()
                 joining = self._admit()
             for t in joining:
-                self._guard([t], lambda t=t: t.gen.begin(self._alloc(t)))
+                self._guard([t], functools.partial(self._join, t))
             running = [t for t in self.active if t.error is None]
             if running:
-                self._guard(running, functools.partial(decode_steps, self.mg.lm, [t.gen for t in running]))
+                self._guard(running, functools.partial(decode_steps, self.mg.lm, [t.gen for t in running if t.gen]))
                 self.steps += 1
-                self.peak_rows = max(self.peak_rows, sum(t.gen.rows for t in running))
+                self.peak_rows = max(self.peak_rows, sum(t.rows for t in running))
             with self._cv:
                 for t in running:
                     if t.error is not None:
                         continue
+                    assert t.gen is not None
                     t.latest = StreamStep(t.gen.step, t.total, t.gen.frames().cpu())
                     if t.gen.done:
                         t.tokens = t.latest.tokens
                 self._leave_finished()
                 self._cv.notify_all()
 
-    def _alloc(self, t: Ticket):  # noqa: ANN202 (a generate.AllocFn)
-        assert t.start is not None
-        return lambda rows, slots: self.cache.view(t.start, rows, slots)
+    def _join(self, t: Ticket) -> None:
+        """Prepare a request that got its rows, in the loop's thread: its text states, its audio encoded and its
+        first window are computed with the loop's threads, as `MusicGen.generate` computes them alone (a
+        matrix product's last bits depend on the thread count), then its first window is set up."""
+        start = t.start
+        assert start is not None
+        t.gen, t.seed = self.mg.prepare(t.prompts, t.options)
+        assert t.gen.rows == t.rows, (t.gen.rows, t.rows)
+        t.gen.begin(lambda rows, slots: self.cache.view(start, rows, slots))
 
     def _admit(self) -> list[Ticket]:
         """Move requests from the head of the line into the batch while their rows fit (FIFO: no overtaking)."""
         joining = []
         while self.waiting:
             t = self.waiting[0]
-            start = self.cache.take(t.gen.rows)
+            start = self.cache.take(t.rows)
             if start is None:
                 break
             t.start, t.ahead = start, 0
@@ -272,7 +289,7 @@ class Scheduler:
     def _leave(self, t: Ticket) -> None:
         self.active.remove(t)
         assert t.start is not None
-        self.cache.give(t.start, t.gen.rows)
+        self.cache.give(t.start, t.rows)
         t.start = -1  # left: not waiting any more either
 
 
@@ -289,23 +306,15 @@ def own_intra_op_threads(n: int) -> None:
     and once a process holds more pool threads than CPUs, libgomp stops spinning between parallel regions
     and puts its threads to sleep after each one: on 2 cores a decode step in a second thread then took
     1.6-1.7x as long as in the main thread (a small GELU: 60 vs 15 us). So one thread, the decode loop,
-    keeps the cores; the others (requests' T5 and EnCodec work, the web server's) run their ops inline.
-    `torch.set_num_threads` would also set the default of threads to come: it is set to 1, then this
-    thread's own OpenMP count is raised directly."""
+    keeps the cores; the others (the web server's, the requests') run their ops inline.
+    `torch.set_num_threads` sets the calling thread's OpenMP and MKL counts and the default of threads to come:
+    it is called here with `n`, then with 1 from a short-lived thread, which leaves this thread's counts as
+    they are (the MKL count matters too: T5's products differ in their last bits between 1 and 2 threads)."""
     torch.get_num_threads()  # torch's lazy per-thread setup first, or its first parallel op would undo ours
-    torch.set_num_threads(1)
-    if n > 1 and (omp := _libgomp()) is not None:
-        omp.omp_set_num_threads(n)
-
-
-def _libgomp() -> ctypes.CDLL | None:
-    """The OpenMP runtime torch loaded (Linux builds bundle libgomp), or None."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return None
-    path = next((line.split()[-1] for line in maps.splitlines() if "libgomp" in line), None)
-    return ctypes.CDLL(path) if path else None
+    torch.set_num_threads(n)
+    default = threading.Thread(target=torch.set_num_threads, args=(1,), name="musicgen-threads")
+    default.start()
+    default.join()
 
 
 def window_slots(mg: MusicGen) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import loudness
 from .options import Clip, GenerationOptions, options
 from .pipeline import GenerationOutput, MusicGen, StreamStep
 from .serve import Queued, Scheduler
@@ -65,7 +66,8 @@ def generation_options(req: Request, seed: int, melody: Clip | None, continuatio
                        ) -> GenerationOptions:
     """The engine's options for a web request (its uploads already read)."""
     return options(duration=req.duration, top_k=req.top_k, top_p=req.top_p, temperature=req.temperature,
-                   cfg_coef=req.cfg_coef, seed=seed, melody=melody, continue_from=continuation, decoder=req.decoder)
+                   cfg_coef=req.cfg_coef, seed=seed, melody=melody, continue_from=continuation, decoder=req.decoder,
+                   normalize="none")  # the session normalises the result itself (live chunks are decoded raw)
 
 
 def ready_to_play(buffered: float, remaining: float, rate: float, margin: float) -> bool:
@@ -206,8 +208,11 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
             return np.concatenate(decoded, axis=-1)
         return mg.decode(out.tokens)[0].numpy()
 
+    def level(audio: np.ndarray) -> np.ndarray:  # the piece is whole now: its loudness can be measured
+        return loudness.normalize(audio, out.sample_rate, req.loudness)
+
     if req.decoder == "encodec":
-        yield Result(encodec_audio(out.audio), None, out.sample_rate, out.seed, elapsed)
+        yield Result(level(encodec_audio(out.audio)), None, out.sample_rate, out.seed, elapsed)
     else:
         kept = out.audio_encodec
-        yield Result(out.audio[0].numpy(), encodec_audio(kept), out.sample_rate, out.seed, elapsed)
+        yield Result(level(out.audio[0].numpy()), level(encodec_audio(kept)), out.sample_rate, out.seed, elapsed)

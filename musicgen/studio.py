@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InvalidInputError
+from .loudness import DEFAULT_STRATEGY, STRATEGIES
+from .media import FORMATS
 from .options import DECODERS, MAX_DURATION
 from .pipeline import MusicGen, default_device
 from .serve import Scheduler
@@ -110,6 +112,10 @@ class Request:
     cfg_coef: float
     seed: int | None  # None: draw a fresh one
     continue_path: str | None = None  # audio the piece starts with (and goes on from)
+    loudness: str = DEFAULT_STRATEGY  # how the result is normalised (loudness.STRATEGIES)
+    output_format: str = "wav"  # the result file's format (media.FORMATS)
+    melody_trim: tuple[float, float | None] = (0.0, None)  # [start, end) seconds of the melody file (None: its end)
+    continue_trim: tuple[float, float | None] = (0.0, None)  # the same for the audio to continue
 
 
 def _number(name: str, value: object, lo: float, hi: float = math.inf) -> float:
@@ -147,7 +153,9 @@ def fresh_seed() -> int:
 
 def parse_request(prompt: object, duration: object, model_size: object, stereo: object, decoder: object,
                   melody: object, top_k: object, top_p: object, temperature: object, cfg_coef: object,
-                  seed: object, continue_audio: object = None) -> Request:
+                  seed: object, continue_audio: object = None, loudness: object = DEFAULT_STRATEGY,
+                  output_format: object = "wav", melody_start: object = 0, melody_end: object = None,
+                  continue_start: object = 0, continue_end: object = None) -> Request:
     """Check every field of a request before any model is loaded; errors say what to change."""
     if prompt is None:
         prompt = ""
@@ -170,10 +178,27 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
         raise InvalidInputError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
     melody_path = _file("melody", melody)
     continue_path = _file("continue_audio", continue_audio)
+    if loudness not in STRATEGIES:
+        raise InvalidInputError(f"loudness must be one of {', '.join(STRATEGIES)}, got {loudness!r}")
+    if output_format not in FORMATS:
+        raise InvalidInputError(f"output_format must be one of {', '.join(FORMATS)}, got {output_format!r}")
     return Request(prompt, duration, str(model_size), stereo, str(decoder), melody_path,
                    _integer("top_k", top_k, 0, 2048), _number("top_p", top_p, 0.0, 1.0),
                    _number("temperature", temperature, 0.0, 10.0), _number("cfg_coef", cfg_coef, 0.0, 100.0),
-                   parse_seed(seed), continue_path)
+                   parse_seed(seed), continue_path, str(loudness), str(output_format),
+                   _trim("melody", melody_start, melody_end), _trim("continue", continue_start, continue_end))
+
+
+def _trim(name: str, start: object, end: object) -> tuple[float, float | None]:
+    """[start, end) seconds of an upload: start 0 or more (empty: 0), end after it (empty, 0 or -1: the file's end;
+    Replicate's continuation_end uses -1)."""
+    start = 0.0 if start is None or start == "" else _number(f"{name}_start", start, 0.0, 3600.0)
+    if end is None or end == "" or (isinstance(end, (int, float)) and not isinstance(end, bool) and end in (0, -1)):
+        return start, None
+    end = _number(f"{name}_end", end, 0.0, 3600.0)
+    if end <= start:
+        raise InvalidInputError(f"{name}_end ({end:g} s) must come after {name}_start ({start:g} s)")
+    return start, end
 
 
 def _file(name: str, value: object) -> str | None:

@@ -13,7 +13,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from helpers.studio_server import Server
 
-from musicgen import serve, session
+from musicgen import dsp, serve, session
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +32,11 @@ def test_api_parameters_are_named(client: Client) -> None:
     assert set(info) == {"/generate"}  # the UI's own events are private
     names = [p["parameter_name"] for p in info["/generate"]["parameters"]]
     assert names == ["prompt", "duration", "model_size", "stereo", "decoder", "melody", "top_k", "top_p",
-                     "temperature", "cfg_coef", "seed", "continue_audio"]
+                     "temperature", "cfg_coef", "seed", "continue_audio", "loudness", "output_format",
+                     "melody_start", "melody_end", "continue_start", "continue_end"]
     defaults = {p["parameter_name"]: p["parameter_default"] for p in info["/generate"]["parameters"]}
     assert defaults["duration"] == 10 and defaults["model_size"] == "small" and defaults["seed"] == -1
+    assert defaults["loudness"] == "loudness" and defaults["output_format"] == "wav" and defaults["melody_end"] == 0
 
 
 @pytest.mark.parametrize(("duration", "stereo"), [(2, False), (1, True)])
@@ -170,16 +172,60 @@ def test_continue_from_audio(client: Client, server: Server, tmp_path) -> None:
     """continue_audio: the piece starts with the clip (its EnCodec version) and goes on from it; the result is
     the engine's generate_continuation, and another clip leads the music elsewhere."""
     clip = _tone(tmp_path / "clip.wav", 440, 1.5, rate=44100)
-    audio, sr = generate(client, prompt="jazz trio", duration=3, seed=5, continue_audio=handle_file(clip))
+    audio, sr = generate(client, prompt="jazz trio", duration=3, seed=5, continue_audio=handle_file(clip),
+                         loudness="none")  # (compared with the engine's raw decode below)
     assert sr == 32000 and audio.shape == (3 * 32000, 1)  # the duration counts the clip
     wave, rate = sf.read(clip, dtype="float32", always_2d=True)
     mg = server.studio.cache.get("facebook/musicgen-small")
-    direct = mg.generate_continuation(wave.T, rate, "jazz trio", 3, seed=5)
+    direct = mg.generate_continuation(wave.T, rate, "jazz trio", 3, seed=5, normalize="none")
     assert np.abs(audio - direct.audio[0].T.numpy()).max() < 2 / 32767  # the same piece, up to the WAV's 16 bits
     cut = 75 * 640 - 2402  # up to here the audio depends only on the clip's 75 frames (streaming hold-back)
     clip_only = mg.decode(direct.tokens[..., :75])[0].T.numpy()
     assert np.abs(audio[:cut] - clip_only[:cut]).max() < 2 / 32767  # the piece starts with the clip
-    other, _ = generate(client, prompt="jazz trio", duration=3, seed=5,
+    other, _ = generate(client, prompt="jazz trio", duration=3, seed=5, loudness="none",
                         continue_audio=_clip(tmp_path / "other.wav", 311))
     assert np.abs(audio[:cut] - other[:cut]).max() > 1e-3
     assert np.abs(audio[2 * 32000:] - other[2 * 32000:]).max() > 1e-3  # and steers what follows
+
+
+def test_loudness_strategies_do_what_they_say(client: Client) -> None:
+    """The default file is normalised as audiocraft's demo writes it: -16 LUFS (within 1 LU); peak puts the
+    peak at -1 dBFS; none is the raw decode, which the others only scale (or clip)."""
+    kw = {"prompt": "lofi hip hop beat", "duration": 2, "seed": 9}
+    raw, sr = generate(client, loudness="none", **kw)
+    default, _ = generate(client, **kw)
+    lufs = float(dsp.loudness(torch.from_numpy(default.T.copy()), sr))
+    assert abs(lufs + 16) < 1.0, lufs
+    peak, _ = generate(client, loudness="peak", **kw)
+    assert abs(np.abs(peak).max() - 10 ** (-1 / 20)) < 2 / 32767
+    rms, _ = generate(client, loudness="rms", **kw)
+    assert abs(20 * np.log10(np.sqrt((rms.mean(1) ** 2).mean())) + 18) < 0.1 or np.abs(rms).max() >= 0.999
+    clip, _ = generate(client, loudness="clip", **kw)
+    assert np.abs(clip).max() <= 10 ** (-1 / 20) + 1 / 32767
+    assert np.corrcoef(raw[:, 0], default[:, 0])[0, 1] > 0.95  # the same music, at another level
+
+
+@pytest.mark.parametrize(("fmt", "container", "subtype"), [("wav", "WAV", "PCM_16"), ("wav24", "WAV", "PCM_24"),
+                                                          ("flac", "FLAC", "PCM_16"), ("mp3", "MP3", None),
+                                                          ("ogg", "OGG", "VORBIS")])
+def test_each_output_format_comes_back_as_that_format(client: Client, fmt: str, container: str,
+                                                      subtype: str | None) -> None:
+    path = client.predict(api_name="/generate", prompt="jazz trio", duration=1, seed=2, output_format=fmt)
+    info = sf.info(path)
+    assert info.format == container and (subtype is None or info.subtype == subtype)
+    assert info.samplerate == 32000 and abs(info.duration - 1.0) < 0.1
+
+
+def test_trims_choose_the_part_of_the_file_used(client: Client, tmp_path) -> None:
+    """continue_start / continue_end: the piece starts with that part of the clip, as if the file held only it."""
+    t = np.arange(3 * 44100) / 44100
+    wave = (0.4 * np.sin(2 * np.pi * (220 + 220 * t) * t)).astype(np.float32)  # a sweep: every part differs
+    sf.write(str(tmp_path / "long.wav"), wave, 44100)
+    sf.write(str(tmp_path / "part.wav"), wave[44100:2 * 44100], 44100)
+    kw = {"prompt": "jazz trio", "duration": 2, "seed": 4, "loudness": "none"}
+    trimmed, _ = generate(client, continue_audio=handle_file(str(tmp_path / "long.wav")), continue_start=1,
+                          continue_end=2, **kw)
+    part, _ = generate(client, continue_audio=handle_file(str(tmp_path / "part.wav")), **kw)
+    whole, _ = generate(client, continue_audio=handle_file(str(tmp_path / "long.wav")), continue_end=1.5, **kw)
+    assert np.abs(trimmed - part).max() < 2 / 32767
+    assert np.abs(trimmed[:32000] - whole[:32000]).max() > 1e-3

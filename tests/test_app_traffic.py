@@ -24,7 +24,9 @@ from musicgen.serve import Scheduler
 
 PROMPTS = ["lofi hip hop beat", "epic orchestral trailer", "acoustic folk ballad", "80s synthwave"]
 FIELDS = ["prompt", "duration", "model_size", "stereo", "decoder", "melody", "top_k", "top_p", "temperature",
-          "cfg_coef", "seed", "continue_audio"]
+          "cfg_coef", "seed", "continue_audio", "loudness", "output_format", "melody_start", "melody_end",
+          "continue_start", "continue_end"]
+EXTRA = ["loudness", "wav", 0, 0, 0, 0]  # the values after continue_audio, in a raw request
 
 
 class EngineWatch:
@@ -110,7 +112,7 @@ def test_concurrent_same_seed_clients_each_get_their_own_music(server: Server, w
 
 def call_route(url: str, prompt: str) -> np.ndarray:
     """Gradio's queued REST route: POST /call/generate, then read the event stream for the result."""
-    data = [prompt, 2, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 42, None]
+    data = [prompt, 2, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 42, None, *EXTRA]
     with httpx.Client(timeout=120) as http:
         event = http.post(f"{url}gradio_api/call/generate", json={"data": data}).raise_for_status().json()
         text = http.get(f"{url}gradio_api/call/generate/{event['event_id']}").raise_for_status().text
@@ -127,7 +129,7 @@ def call_route(url: str, prompt: str) -> np.ndarray:
 def test_raw_http_routes_are_queued_and_never_mixed(server: Server, watch: EngineWatch) -> None:
     """The direct route (/run/...) would skip the queue and its limits: it is closed. The queued REST route
     keeps each request's audio apart."""
-    data = {"data": ["jazz trio", 1, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 42, None]}
+    data = {"data": ["jazz trio", 1, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 42, None, *EXTRA]}
     direct = httpx.post(f"{server.url}gradio_api/run/generate", json=data, timeout=60)
     assert direct.status_code == 404 and "join the queue" in direct.text
     assert watch.steps == 0
@@ -176,7 +178,7 @@ def test_a_closed_tab_stops_the_engine(server: Server, watch: EngineWatch) -> No
     notices and the engine stops within a second or two."""
     config = httpx.get(f"{server.url}config", timeout=30).json()
     fn_index = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "generate")
-    data = ["ambient drone", 120, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 1, None]
+    data = ["ambient drone", 120, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 1, None, *EXTRA]
     body = {"data": data, "fn_index": fn_index, "session_hash": "closed-tab", "event_data": None, "trigger_id": None}
     with httpx.Client(timeout=60) as http:
         http.post(f"{server.url}gradio_api/queue/join", json=body).raise_for_status()
@@ -197,18 +199,18 @@ def _call(url: str, data: list) -> str:
 
 
 @pytest.mark.parametrize(("melody", "count", "message"), [
-    ({"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, 12, "uploaded to this server"),
-    ({"url": "http://127.0.0.1:1/a.wav", "path": "a.wav", "meta": {"_type": "gradio.FileData"}}, 12,
+    ({"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, 18, "uploaded to this server"),
+    ({"url": "http://127.0.0.1:1/a.wav", "path": "a.wav", "meta": {"_type": "gradio.FileData"}}, 18,
      "uploaded to this server"),
-    ("../../etc/passwd", 12, "uploaded to this server"),
-    (None, 3, "send 12 values, in this order: prompt, duration, model_size"),
+    ("../../etc/passwd", 18, "uploaded to this server"),
+    (None, 3, "send 18 values, in this order: prompt, duration, model_size"),
 ])
 def test_raw_requests_are_refused_readably(server: Server, melody: object, count: int, message: str) -> None:
     """Files that were not uploaded are refused without naming a server path; a short payload says what to
     send. The next request works."""
-    data = ["jazz trio", 1, "small", False, "encodec", melody, 250, 0.0, 1.0, 3.0, 42, None][:count]
+    data = ["jazz trio", 1, "small", False, "encodec", melody, 250, 0.0, 1.0, 3.0, 42, None, *EXTRA][:count]
     last = _call(server.url, data)
     assert last.splitlines()[-1].startswith("data: {\"error\"") and message in last
     assert "/work" not in last and "Traceback" not in last and str(server.cache) not in last
     assert "error" not in _call(server.url, ["jazz trio", 1, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 42,
-                                            None]).splitlines()[-1]
+                                            None, *EXTRA]).splitlines()[-1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers.melody_checkpoints import build_melody_checkpoint
 
-from musicgen import InvalidInputError, MusicGen, serve
+from musicgen import InvalidInputError, MusicGen
 from musicgen.pipeline import GenerationOutput, StreamStep
 from musicgen.serve import Queued, Scheduler, SlotCache
 
@@ -204,7 +204,6 @@ def test_slot_cache_first_fit() -> None:
     assert cache.view(2, 2, 3).k.shape == (1, 2, 1, 3, 2)
 
 
-@pytest.mark.skipif(serve._libgomp() is None, reason="torch's OpenMP runtime (libgomp) not found")
 def test_the_decode_loop_owns_the_intra_op_threads(int8: MusicGen) -> None:
     """The loop thread runs with the requested threads; threads that start using torch later run inline (one
     OpenMP pool in the process, so libgomp keeps spinning between parallel regions)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicgen import MusicGen, session
+from musicgen import MusicGen, loudness, session
 from musicgen.studio import parse_request
 
 TOL = 1e-5
@@ -30,8 +30,10 @@ class FakeClock:
         return self.t
 
 
-def request(duration: float = 2.0, seed: int = 5):
-    return parse_request("lofi beat", duration, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, seed)
+def request(duration: float = 2.0, seed: int = 5, loudness: str = "none"):
+    """(loudness "none": these tests compare the result with the raw decode)"""
+    return parse_request("lofi beat", duration, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, seed,
+                         loudness=loudness)
 
 
 @pytest.mark.parametrize(("tick", "first_chunk_at"), [(0.002, 0.0), (0.05, 0.5)])
@@ -49,7 +51,7 @@ def test_run_streams_chunks_that_add_up_to_the_result(small: MusicGen, tick: flo
     streamed = np.concatenate([c.audio for c in chunks], axis=-1)
     assert streamed.shape == result.audio.shape
     assert np.abs(streamed - result.audio).max() <= TOL
-    direct = small.generate("lofi beat", 2.0, seed=5).audio[0].numpy()  # the result is the engine's audio
+    direct = small.generate("lofi beat", 2.0, seed=5, normalize="none").audio[0].numpy()  # the engine's audio
     assert np.abs(result.audio - direct).max() <= TOL
     first = events.index(chunks[0])
     assert progress_before(events, first) >= first_chunk_at * 100
@@ -107,7 +109,7 @@ def test_diffusion_decoder_progress_is_live(small: MusicGen, tmp_path: Path) -> 
 
     mg = MusicGen.from_pretrained(small.name, device="cpu")  # its own copy: the MBD weights stay with it
     mg.mbd = MultiBandDiffusion.from_file(build_mbd_checkpoint(tmp_path / "mbd.th", codec_dim=16), "cpu")
-    req = parse_request("lofi beat", 1.0, "small", False, "mbd", None, 250, 0.0, 1.0, 3.0, 9)
+    req = parse_request("lofi beat", 1.0, "small", False, "mbd", None, 250, 0.0, 1.0, 3.0, 9, loudness="none")
     seen: list[tuple[float, session.Progress]] = []
     events = []
     for event in session.run(mg, req, chunk_seconds=0.1):
@@ -133,7 +135,7 @@ def test_continuation_streams_the_clip_first(small: MusicGen) -> None:
     streamed = np.concatenate([e.audio for e in events if isinstance(e, session.Chunk)], axis=-1)
     assert res.audio.shape == streamed.shape == (1, 64000)
     assert np.abs(streamed - res.audio).max() <= TOL
-    direct = small.generate_continuation(clip, 32000, "lofi beat", 2.0, seed=5).audio[0].numpy()
+    direct = small.generate_continuation(clip, 32000, "lofi beat", 2.0, seed=5, normalize="none").audio[0].numpy()
     assert np.abs(res.audio - direct).max() <= TOL
     progress = [e.done for e in events if isinstance(e, session.Progress)]
     assert progress[0] >= 38 and progress[-1] == 100  # the clip's 38 frames are there from the start
@@ -150,3 +152,14 @@ def test_streaming_runs_skip_the_second_decode(small: MusicGen, monkeypatch: pyt
     assert calls == [] and res.audio.shape == (1, 32000)
     list(session.run(small, request(1.0), stream=False))  # without a StreamDecoder the engine decodes
     assert calls == [1]
+
+
+def test_the_result_is_levelled_the_live_chunks_are_not(small: MusicGen) -> None:
+    """Loudness needs the whole piece: the chunks play the raw decode, the result is the chosen strategy's
+    level of exactly that audio."""
+    events = list(session.run(small, request(1.0, loudness="peak")))
+    raw = np.concatenate([e.audio for e in events if isinstance(e, session.Chunk)], axis=-1)
+    res = events[-1]
+    assert isinstance(res, session.Result)
+    np.testing.assert_allclose(res.audio, loudness.normalize(raw, 32000, "peak"), rtol=0, atol=1e-6)
+    assert abs(np.abs(res.audio).max() - 10 ** (-1 / 20)) < 1e-5

@@ -188,6 +188,23 @@ def test_continue_from_audio(client: Client, server: Server, tmp_path) -> None:
     assert np.abs(audio[2 * 32000:] - other[2 * 32000:]).max() > 1e-3  # and steers what follows
 
 
+@pytest.fixture
+def quiet_small(server: Server):
+    """The served tiny model with its EnCodec decoder's last layer scaled by 0.05 for one test: its own output
+    is noise clipped at full scale, which BS.1770 (torchaudio's K-weighting clamps at +-1) reads too low;
+    scaled down it is a signal whose loudness can be measured, as real music is. Restored exactly after."""
+    last = server.studio.cache.get("facebook/musicgen-small").codec.decoder.layers[-1].conv
+    saved = last.weight.detach().clone(), last.bias.detach().clone()
+    with torch.no_grad():
+        last.weight.mul_(0.05)
+        last.bias.mul_(0.05)
+    yield
+    with torch.no_grad():
+        last.weight.copy_(saved[0])
+        last.bias.copy_(saved[1])
+
+
+@pytest.mark.usefixtures("quiet_small")
 def test_loudness_strategies_do_what_they_say(client: Client) -> None:
     """The default file is normalised as audiocraft's demo writes it: -16 LUFS (within 1 LU); peak puts the
     peak at -1 dBFS; none is the raw decode, which the others only scale (or clip)."""

@@ -25,10 +25,10 @@ import gradio as gr
 import torch
 
 from backend import Job, Studio, readable_input_errors, user_errors
-from musicgen import history, media, session, studio
+from musicgen import MusicGenError, history, media, session, studio, timeline
 from musicgen.layout import QUANTIZE
 from musicgen.loudness import DEFAULT_STRATEGY, STRATEGIES
-from musicgen.options import MAX_DURATION, GenerationOptions
+from musicgen.options import EXTEND_STRIDE, MAX_DURATION, GenerationOptions
 from musicgen.pipeline import default_device
 from musicgen.serve import MAX_ROWS
 
@@ -100,6 +100,21 @@ def summary(res: session.Result, job: Job, device: object) -> str:
     return "\n\n".join(lines)
 
 
+def timeline_text(prompt: object, duration: object) -> str:
+    """The schedule of a timeline prompt (each part of the piece and the prompt it is made with), or what is
+    wrong with it; nothing for a plain prompt."""
+    try:
+        entries = timeline.parse(prompt) if isinstance(prompt, str) else None
+        if not entries:
+            return ""
+        seconds = float(duration)  # type: ignore[arg-type]
+        rows = timeline.schedule(timeline.check(entries, seconds), seconds, EXTEND_STRIDE)
+    except (MusicGenError, TypeError, ValueError) as e:
+        return f"⚠️ {e}"
+    return "**Timeline**  \n" + "  \n".join(f"{timeline.fmt(a)}–{timeline.fmt(b)}: {html.escape(p)}"
+                                            for a, b, p in rows)
+
+
 def _hint(size: str, stereo: bool, melody: str | None, decoder: str = "encodec") -> str:
     ckpt, notice = studio.choose_checkpoint(size, stereo, bool(melody))
     lines = [ckpt.hint, notice or ""]
@@ -119,6 +134,7 @@ class Page:
     dice: gr.Button
     reuse: gr.Button
     hint: gr.Markdown
+    timeline: gr.Markdown  # a timeline prompt's schedule: which prompt each part of the piece gets
     status: gr.HTML
     live: gr.Audio
     result: gr.Audio
@@ -145,10 +161,12 @@ def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str
     """Prompt, buttons, examples, the model choices, the uploads and the sampling settings: (fields in API
     order, other controls)."""
     f: dict[str, gr.components.Component] = {}
-    f["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=8, placeholder=EXAMPLES[0], autofocus=True)
+    f["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=8, placeholder=EXAMPLES[0], autofocus=True,
+                             info="Beyond 30 s, later parts can have prompts of their own: " + timeline.SYNTAX)
+    timeline_view = gr.Markdown(elem_id="timeline")
     with gr.Row(elem_id="generate-row"):
         controls = {"generate": gr.Button("Generate", variant="primary", scale=3),
-                    "stop": gr.Button("Stop", variant="stop", scale=1)}
+                    "stop": gr.Button("Stop", variant="stop", scale=1), "timeline": timeline_view}
     gr.Examples([[e] for e in EXAMPLES], inputs=[f["prompt"]], label="Examples (click to use)")
     f["duration"] = gr.Slider(studio.MIN_DURATION, MAX_DURATION, value=D.duration, step=1, label="Duration (seconds)")
     with gr.Row():
@@ -359,6 +377,8 @@ def wire(st: Studio, page: Page) -> None:
                             outputs=[*restorable, page.result, page.status], **quick)
     gr.on([], api_generate(st), inputs=page.inputs, outputs=[page.result], api_name="generate",
           concurrency_id="musicgen", concurrency_limit=st.concurrency)
+    prompt_inputs = [page.fields["prompt"], page.fields["duration"]]
+    gr.on([c.change for c in prompt_inputs], timeline_text, inputs=prompt_inputs, outputs=page.timeline, **quick)
     hint_inputs = [page.fields[k] for k in ("model_size", "stereo", "melody", "decoder")]
     gr.on([c.change for c in hint_inputs], _hint, inputs=hint_inputs, outputs=page.hint, **quick)
     page.dice.click(studio.fresh_seed, outputs=page.fields["seed"], **quick)

@@ -246,3 +246,28 @@ def test_trims_choose_the_part_of_the_file_used(client: Client, tmp_path) -> Non
     whole, _ = generate(client, continue_audio=handle_file(str(tmp_path / "long.wav")), continue_end=1.5, **kw)
     assert np.abs(trimmed - part).max() < 2 / 32767
     assert np.abs(trimmed[:32000] - whole[:32000]).max() > 1e-3
+
+
+def test_a_timeline_prompt_shows_its_schedule() -> None:
+    """Under the prompt: each part of the piece and the prompt it is made with (window by window), or what is
+    wrong with the timeline; nothing for a plain prompt."""
+    import app
+
+    shown = app.timeline_text("0:00 ambient pads | 0:30 drums come in | 1:10 full band", 90)
+    assert shown.splitlines()[1:] == ["0:00–0:30: ambient pads  ", "0:30–0:48: drums come in  ",
+                                      "0:48–1:06: drums come in  ", "1:06–1:24: drums come in  ",
+                                      "1:24–1:30: full band"]
+    assert "beyond the end" in app.timeline_text("0:00 a | 0:40 b", 30)
+    assert "starts at 0:00" in app.timeline_text("0:10 a | 0:20 b", 90)
+    assert app.timeline_text("lofi beat", 90) == "" and app.timeline_text(None, 90) == ""
+
+
+def test_a_timeline_changes_the_later_window_not_the_first(client: Client) -> None:
+    """35 s with "0:00 jazz trio | 0:20 techno": the first 30 s window is the plain "jazz trio" piece (same
+    seed), the next window's new audio (from 30 s) is made with "techno"."""
+    kw = {"duration": 35, "seed": 6, "loudness": "none"}
+    plain, _ = generate(client, prompt="jazz trio", **kw)
+    timed, _ = generate(client, prompt="0:00 jazz trio | 0:20 techno", **kw)
+    assert plain.shape == timed.shape == (35 * 32000, 1)
+    assert np.abs(plain[: 29 * 32000] - timed[: 29 * 32000]).max() < 2 / 32767
+    assert np.abs(plain[31 * 32000 :] - timed[31 * 32000 :]).max() > 1e-3

@@ -146,24 +146,22 @@ def take_seeds(seed: int | None, takes: int) -> list[int]:
 
 def run_takes(mg: MusicGen, prompts: list[str], o: GenerationOptions, seeds: list[int],
               bar: tqdm) -> list[GenerationOutput]:
-    """One generation per seed, all through one serve.Scheduler (sharing decode steps); their outputs. The
-    takes' audio is decoded raw and levelled here (o.normalize), as MusicGen.output levels it."""
+    """One generation per seed, all through one serve.Scheduler (sharing decode steps); their outputs."""
     if len(seeds) == 1:
         return [mg.generate(prompts, options=options(o, seed=seeds[0]), progress=_progress(bar, [0], [0], 0))]
+    from .generate import decode_rows
     from .serve import Scheduler
 
-    rows = len(timeline.pieces(prompts, o.duration)) * (2 if o.cfg_coef != 1.0 else 1)
+    rows = decode_rows(len(timeline.pieces(prompts, o.duration)), o.cfg_coef)
     steps, totals = [0] * len(seeds), [0] * len(seeds)
     scheduler = Scheduler(mg, max_rows=rows * len(seeds))
     try:
         with ThreadPoolExecutor(len(seeds)) as pool:
-            futures = [pool.submit(scheduler.generate, prompts, options=options(o, seed=s, normalize="none"),
+            futures = [pool.submit(scheduler.generate, prompts, options=options(o, seed=s),
                                    progress=_progress(bar, steps, totals, k)) for k, s in enumerate(seeds)]
             outs = [f.result() for f in futures]
     finally:
         scheduler.close()
-    for out in outs:
-        out.audio = torch.stack([loudness.normalize(item, out.sample_rate, o.normalize) for item in out.audio])
     return outs
 
 

@@ -24,6 +24,12 @@ ChromaFn = Callable[[Window], torch.Tensor | None]  # one-hot chroma [B, C, 12] 
 AllocFn = Callable[[int, int], KVCache]  # (rows, slots) -> an empty cache for one window
 
 
+def decode_rows(pieces: int, cfg_coef: float) -> int:
+    """Rows a generation of `pieces` prompts runs in a decode step: [cond; uncond] under guidance; at cfg_coef 1
+    the guided logits equal the conditional ones, so there is no null batch."""
+    return pieces * (2 if cfg_coef != 1.0 else 1)
+
+
 def decode_step(lm: LM, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, cond: Condition) -> torch.Tensor:
     """The static-shaped step, for torch.compile / CUDA graphs: tokens [R, K] at the 0-dim tensor position
     `pos` -> logits [R, K, card]; attention spans the whole preallocated cache under a mask."""
@@ -48,8 +54,8 @@ class Generation:
         self.batch, self.device = self.text.shape[0], self.text.device  # B pieces
         self.delays = lm.cfg.delays
         self._delays = torch.tensor(self.delays, device=self.device)[None, :]  # [1, K]
-        self.guided = params.cfg_coef != 1.0  # at 1 the guided logits equal the conditional ones: no null batch
-        self.rows = self.batch * (2 if self.guided else 1)
+        self.rows = decode_rows(self.batch, params.cfg_coef)
+        self.guided = self.rows > self.batch
         self.total = sum(w.new + max(self.delays) for w in self.plan)  # decode steps in all
         self.piece = head  # [B, K, n]: the frames of the finished windows
         self.done_steps = 0  # decode steps of the finished windows

@@ -255,8 +255,8 @@ class MusicGen:
 
     def _text_of(self, pieces: list[timeline.Timeline], plan: list[Window]) -> TextFn:
         """window -> T5 states [B, L, D_text] and mask [B, L] of the prompts in force where its new audio
-        starts, one per piece; each distinct set of prompts is encoded once, all of them now (in the caller's
-        thread, not in a decode loop between steps). Without a timeline: one set, the prompts as given."""
+        starts, one per piece; each distinct set of prompts is encoded once, all of them now (in `prepare`, not
+        between decode steps). Without a timeline: one set, the prompts as given."""
 
         def prompts_of(w: Window) -> tuple[str, ...]:
             return tuple(timeline.in_force(p, (w.offset + w.prompt) / self.frame_rate) for p in pieces)

@@ -31,7 +31,7 @@ import torch
 
 from . import timeline
 from .errors import InvalidInputError
-from .generate import Generation, decode_steps
+from .generate import Generation, decode_rows, decode_steps
 from .lm import KVCache
 from .options import WINDOW, GenerationOptions, ProgressFn
 from .options import options as make_options
@@ -132,7 +132,7 @@ class Scheduler:
         the newest `StreamStep` whenever the reader asks (steps it was too slow for are skipped), then the
         `GenerationOutput`. Closing the iterator (or a `Stopped` reader) cancels the request."""
         o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
-        rows = len(timeline.pieces(prompts, o.duration)) * (2 if o.cfg_coef != 1.0 else 1)  # (Generation.rows)
+        rows = decode_rows(len(timeline.pieces(prompts, o.duration)), o.cfg_coef)
         if rows > self.max_rows:
             raise InvalidInputError(f"these prompts need {rows} rows; this server runs at most {self.max_rows} "
                                     "at once")
@@ -229,7 +229,7 @@ class Scheduler:
                 self._guard([t], functools.partial(self._join, t))
             running = [t for t in self.active if t.error is None]
             if running:
-                self._guard(running, functools.partial(decode_steps, self.mg.lm, [t.gen for t in running if t.gen]))
+                self._guard(running, functools.partial(decode_steps, self.mg.lm, [t.gen for t in running]))
                 self.steps += 1
                 self.peak_rows = max(self.peak_rows, sum(t.rows for t in running))
             with self._cv:

@@ -28,7 +28,7 @@ from backend import Job, Studio, readable_input_errors, user_errors
 from musicgen import MusicGenError, history, media, session, studio, timeline
 from musicgen.layout import QUANTIZE
 from musicgen.loudness import DEFAULT_STRATEGY, STRATEGIES
-from musicgen.options import EXTEND_STRIDE, MAX_DURATION, GenerationOptions
+from musicgen.options import EXTEND_STRIDE, MAX_DURATION, MAX_TAKES, GenerationOptions
 from musicgen.pipeline import default_device
 from musicgen.serve import MAX_ROWS
 
@@ -75,22 +75,33 @@ def status_html(text: str, fraction: float | None = None, error: bool = False) -
             f'<div class="mg-fill" style="width: {width:.1f}%"></div></div></div>')
 
 
-def progress_status(event: session.Progress, duration: float, started: float) -> str:
+def progress_status(event: session.Progress, duration: float, started: float, takes: int = 1) -> str:
     elapsed = time.monotonic() - started
     if event.stage == "queue":
         ahead = f"{event.done} request{'s' if event.done != 1 else ''} ahead of you" if event.done else "next in line"
         return status_html(f"Waiting for room in the batch: {ahead} ({elapsed:.0f} s)")
+    what = f"{takes} takes, " if takes > 1 else ""
     if event.stage == "frames":
         seconds = duration * event.done / max(event.total, 1)
-        text = f"Generating: {event.done} / {event.total} frames ({seconds:.1f} s of audio, {elapsed:.0f} s)"
+        text = f"Generating: {what}{event.done} / {event.total} frames ({seconds:.1f} s of audio, {elapsed:.0f} s)"
     else:
-        text = f"Multi-band diffusion decoder: step {event.done} / {event.total} ({elapsed:.0f} s)"
+        text = f"Multi-band diffusion decoder: {what}step {event.done} / {event.total} ({elapsed:.0f} s)"
     return status_html(text, event.done / max(event.total, 1))
 
 
-def summary(res: session.Result, job: Job, device: object) -> str:
-    lines = [f"**Seed** `{res.seed}` · **{res.seconds:.1f} s** of audio in **{res.elapsed:.1f} s** "
-             f"(real-time factor {res.rtf:.2f}) · `{job.ckpt.repo}` on {str(device).upper()}"]
+def slowest(latest: dict[int, session.Progress]) -> session.Progress:
+    """Of the takes' latest progress, the one furthest behind (what the status line shows)."""
+    order = {"queue": 0, "frames": 1, "diffusion": 2}
+    return min(latest.values(), key=lambda e: (order.get(e.stage, 0), e.done / max(e.total, 1)))
+
+
+def summary(results: list[session.Result], job: Job, device: object) -> str:
+    res, n = results[0], len(results)
+    seeds = " · **Seeds** " + ", ".join(f"`{r.seed}`" for r in results) + f" (takes 1–{n})" if n > 1 else ""
+    elapsed = max(r.elapsed for r in results)
+    lines = [(f"**Seed** `{res.seed}` · " if n == 1 else "") + f"**{res.seconds:.1f} s** of audio"
+             f"{f' × {n}' if n > 1 else ''} in **{elapsed:.1f} s** (real-time factor "
+             f"{elapsed / (n * res.seconds):.2f}){seeds} · `{job.ckpt.repo}` on {str(device).upper()}"]
     if job.continuation is not None:
         clip = job.continuation[0].shape[-1] / job.continuation[1]
         lines.append(f"Continued from your {clip:.1f} s clip (re-encoded: the first {clip:.1f} s are its "
@@ -137,7 +148,9 @@ class Page:
     timeline: gr.Markdown  # a timeline prompt's schedule: which prompt each part of the piece gets
     status: gr.HTML
     live: gr.Audio
-    result: gr.Audio
+    takes: gr.Slider  # variations made together (not a /generate field: /generate_takes has it)
+    result: gr.Audio  # the result, or take 1
+    more_takes: list[gr.Audio]  # takes 2, 3, 4 (hidden unless made)
     result_mbd: gr.Audio
     picture: gr.Image
     info: gr.Markdown
@@ -145,7 +158,9 @@ class Page:
     run_id: gr.State  # the Stop button's handle on this visitor's run (server-side state)
     history: gr.BrowserState  # the last takes, kept in the visitor's browser (musicgen/history.py)
     history_view: gr.Dataset
-    last_take: gr.State  # the finished run's history entry, for the history step after it
+    last_take: gr.State  # the finished run's history entries (one per take), for the history step after it
+    api_files: gr.Files  # /generate_takes' outputs (not shown on the page)
+    api_seeds: gr.JSON
 
     @property
     def inputs(self) -> list[gr.components.Component]:
@@ -153,8 +168,8 @@ class Page:
 
     @property
     def outputs(self) -> list[gr.components.Component]:
-        return [self.status, self.live, self.result, self.result_mbd, self.picture, self.info, self.last_seed,
-                self.last_take]
+        return [self.status, self.live, self.result, *self.more_takes, self.result_mbd, self.picture, self.info,
+                self.last_seed, self.last_take]
 
 
 def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str, gr.components.Component]]:
@@ -168,7 +183,11 @@ def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str
         controls = {"generate": gr.Button("Generate", variant="primary", scale=3),
                     "stop": gr.Button("Stop", variant="stop", scale=1), "timeline": timeline_view}
     gr.Examples([[e] for e in EXAMPLES], inputs=[f["prompt"]], label="Examples (click to use)")
-    f["duration"] = gr.Slider(studio.MIN_DURATION, MAX_DURATION, value=D.duration, step=1, label="Duration (seconds)")
+    with gr.Row():
+        f["duration"] = gr.Slider(studio.MIN_DURATION, MAX_DURATION, value=D.duration, step=1,
+                                  label="Duration (seconds)", scale=3)
+        controls["takes"] = gr.Slider(1, MAX_TAKES, value=1, step=1, label="Takes", scale=2, elem_id="takes",
+                                      info="variations, seed +1 each")
     with gr.Row():
         f["model_size"] = gr.Radio(list(studio.SIZES), value="small", label="Model size", scale=3)
         f["stereo"] = gr.Checkbox(value=False, label="Stereo", scale=1, min_width=100)
@@ -210,8 +229,9 @@ def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str
     f["loudness"] = loudness_choice
     f["output_format"] = format_choice
     f |= trims
-    for name in ("prompt", "duration", "top_k", "top_p", "temperature", "cfg_coef", "seed", *trims):
-        as_sent(f[name])
+    for c in (*(f[n] for n in ("prompt", "duration", "top_k", "top_p", "temperature", "cfg_coef", "seed", *trims)),
+              controls["takes"]):
+        as_sent(c)
     return f, controls
 
 
@@ -224,6 +244,8 @@ def build_result_column(st: Studio) -> dict[str, gr.components.Component]:
     with gr.Row():
         out["result"] = gr.Audio(label="Result", type="filepath", interactive=False, elem_id="result",
                                  buttons=["download"])
+        out["more_takes"] = [gr.Audio(label=f"Take {k}", type="filepath", interactive=False, visible=False,
+                                      elem_id=f"take-{k}", buttons=["download"]) for k in range(2, MAX_TAKES + 1)]
         out["result_mbd"] = gr.Audio(label="Multi-band diffusion", type="filepath", interactive=False,
                                      visible=False, elem_id="result-mbd", buttons=["download"])
     out["picture"] = gr.Image(label="Waveform and spectrogram", type="pil", format="png", interactive=False,
@@ -246,7 +268,8 @@ def build_page(st: Studio) -> Page:
         with gr.Column(scale=6):
             shown = build_result_column(st)
     return Page(fields, **controls, **shown, last_seed=gr.State(None), run_id=gr.State(None),  # type: ignore[arg-type]
-                history=gr.BrowserState([], storage_key="musicgen-history"), last_take=gr.State(None))
+                history=gr.BrowserState([], storage_key="musicgen-history"), last_take=gr.State(None),
+                api_files=gr.Files(visible=False), api_seeds=gr.JSON(visible=False))
 
 
 def page_run(st: Studio, page: Page, run: str, *args: object) -> Iterator[dict]:
@@ -267,43 +290,66 @@ def _page_events(st: Studio, page: Page, run: str, started: float, *args: object
     if job.notice:
         gr.Info(job.notice)
     clear = {page.result: gr.update(value=None, label="Result"), page.picture: None, page.info: "",
-             page.last_take: None, page.result_mbd: gr.update(value=None, visible=False)}
+             page.last_take: None, page.result_mbd: gr.update(value=None, visible=False),
+             **{p: gr.update(value=None, visible=False) for p in page.more_takes}}
     if st.cache.current != job.ckpt.repo:
         size = f"≈{job.ckpt.download_gb:g} GB download on first use"
         yield clear | {page.status: status_html(f"Loading {job.ckpt.repo} ({size})…")}
     st.model(job)
     yield clear | {page.live: None, page.status: status_html(f"Generating with {job.ckpt.repo}…", 0.0)}
-    shown, res = 0.0, None
+    shown = 0.0
+    latest: dict[int, session.Progress] = {}
+    results: dict[int, session.Result] = {}
     events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, st.stream)
     with closing(events):  # Stop, a cancel or a closed tab ends this generator: the engine stops too
-        for event in events:
+        for take in events:
             if st.stops.requested(run):
                 yield {page.status: status_html("Stopped", 0.0)}
                 return
-            if isinstance(event, session.Chunk):
+            event = take.event
+            if isinstance(event, session.Chunk):  # the first take's (the live preview plays that one)
                 yield {page.live: media.wav_bytes(event.audio, event.sample_rate)}
             elif isinstance(event, session.Progress):
+                latest[take.index] = event
                 if time.monotonic() - shown > PROGRESS_EVERY:
                     shown = time.monotonic()
-                    yield {page.status: progress_status(event, job.req.duration, started)}
+                    yield {page.status: progress_status(slowest(latest), job.req.duration, started, job.req.takes)}
             else:
-                res = event
-    assert res is not None
-    yield _result_update(st, page, job, res)
+                results[take.index] = event
+    assert len(results) == job.req.takes
+    yield _result_update(st, page, job, [results[k] for k in sorted(results)])
 
 
-def _result_update(st: Studio, page: Page, job: Job, res: session.Result) -> dict:
+def _result_update(st: Studio, page: Page, job: Job, results: list[session.Result]) -> dict:
+    """The takes' files in their players (labelled with their seeds), take 1's picture, the summary."""
+    res, fmt = results[0], job.req.output_format
     tag = "-mbd" if res.encodec is not None else ""
-    final = st.write(res.audio, res.sample_rate, res.seed, job.req.output_format, tag)
-    update = {page.result: final, page.picture: media.render_picture(res.audio, res.sample_rate),
-              page.info: summary(res, job, st.cache.device), page.last_seed: res.seed,
-              page.last_take: history.entry(job.req, res.seed, job.ckpt.repo, res.seconds, final),
-              page.status: status_html(f"Done: {res.seconds:.1f} s of audio in {res.elapsed:.1f} s", 1.0)}
-    if res.encodec is not None:  # both versions side by side, as audiocraft's demo does
-        plain = st.write(res.encodec, res.sample_rate, res.seed, job.req.output_format, "-encodec")
+    files = [st.write(r.audio, r.sample_rate, r.seed, fmt, tag) for r in results]
+    players = [page.result, *page.more_takes]
+    several = len(results) > 1
+    update = {p: gr.update(value=files[k], label=f"Take {k + 1} · seed {results[k].seed}", visible=True)
+              if several and k < len(files) else gr.update(value=None, visible=False) for k, p in enumerate(players)}
+    elapsed = max(r.elapsed for r in results)
+    update |= {page.picture: media.render_picture(res.audio, res.sample_rate),
+               page.info: summary(results, job, st.cache.device), page.last_seed: res.seed,
+               page.last_take: [history.entry(job.req, r.seed, job.ckpt.repo, r.seconds, f)
+                                for r, f in zip(results, files, strict=True)],
+               page.status: status_html(f"Done: {len(results) if several else ''}{' × ' if several else ''}"
+                                        f"{res.seconds:.1f} s of audio in {elapsed:.1f} s", 1.0)}
+    if not several:
+        update[page.result] = gr.update(value=files[0], label="Result")
+    if res.encodec is not None and not several:  # both versions side by side, as audiocraft's demo does
+        plain = st.write(res.encodec, res.sample_rate, res.seed, fmt, "-encodec")
         update |= {page.result: gr.update(value=plain, label="EnCodec"),
-                   page.result_mbd: gr.update(value=final, visible=True)}
+                   page.result_mbd: gr.update(value=files[0], visible=True)}
     return update
+
+
+API_DOC = """seed -1 draws a random one; melody (an audio file) picks a melody checkpoint; continue_audio (an
+        audio file shorter than 30 s) starts the piece with that clip and goes on from it (the duration
+        counts it). loudness: loudness (-16 LUFS, the default), peak, rms, clip or none; output_format: wav,
+        wav24, flac, mp3 or ogg; melody_start / melody_end and continue_start / continue_end: the part of
+        each file used, in seconds (end 0 or -1: the end of the file)."""
 
 
 def api_generate(st: Studio) -> Callable[..., Iterator]:
@@ -315,39 +361,71 @@ def api_generate(st: Studio) -> Callable[..., Iterator]:
                  continue_audio: str | None = None, loudness: str = DEFAULT_STRATEGY, output_format: str = "wav",
                  melody_start: float = 0, melody_end: float = 0, continue_start: float = 0, continue_end: float = 0,
                  progress=gr.Progress()) -> Iterator:  # noqa: B008 (how Gradio injects a progress tracker)
-        """Generate music from a text prompt; returns the audio file (from the chosen decoder).
-        seed -1 draws a random one; melody (an audio file) picks a melody checkpoint; continue_audio (an
-        audio file shorter than 30 s) starts the piece with that clip and goes on from it (the duration
-        counts it). loudness: loudness (-16 LUFS, the default), peak, rms, clip or none; output_format: wav,
-        wav24, flac, mp3 or ogg; melody_start / melody_end and continue_start / continue_end: the part of
-        each file used, in seconds (end 0 or -1: the end of the file)."""
-        with user_errors(st):
-            job = st.job(prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature,
-                         cfg_coef, seed, continue_audio, loudness, output_format, melody_start, melody_end,
-                         continue_start, continue_end)
-            # a generator, so that a cancelled job or a lost client closes it (Gradio closes a generator
-            # handler's iterator at its next yield; it can only once the first yield registered it): the
-            # engine then stops at its next step (a model download is not interrupted; nothing runs after)
-            yield gr.skip()
-            st.model(job, on_load=lambda repo: progress((0, None), desc=f"Loading {repo}…"))
-            events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, False)
-            shown = time.monotonic()
-            with closing(events):
-                for event in events:
-                    if isinstance(event, session.Progress) and event.stage == "queue":
+        args = [prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef, seed,
+                continue_audio, loudness, output_format, melody_start, melody_end, continue_start, continue_end]
+        for item in _api_run(st, args, progress):
+            yield item if item is SKIP else str(item[0][0])
+
+    generate.__doc__ = ("Generate music from a text prompt; returns the audio file (from the chosen decoder).\n"
+                        + API_DOC)
+    return generate
+
+
+def api_generate_takes(st: Studio) -> Callable[..., Iterator]:
+    """The `/generate_takes` endpoint: /generate's parameters and `takes`; returns the files and their seeds."""
+
+    def generate_takes(prompt: str, duration: float = D.duration, model_size: str = "small", stereo: bool = False,
+                       decoder: str = D.decoder, melody: str | None = None, top_k: int = D.top_k,
+                       top_p: float = D.top_p, temperature: float = D.temperature, cfg_coef: float = D.cfg_coef,
+                       seed: int = -1, continue_audio: str | None = None, loudness: str = DEFAULT_STRATEGY,
+                       output_format: str = "wav", melody_start: float = 0, melody_end: float = 0,
+                       continue_start: float = 0, continue_end: float = 0, takes: int = 1,
+                       progress=gr.Progress()) -> Iterator:  # noqa: B008 (how Gradio injects a progress tracker)
+        args = [prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef, seed,
+                continue_audio, loudness, output_format, melody_start, melody_end, continue_start, continue_end, takes]
+        for item in _api_run(st, args, progress):
+            yield item if item is SKIP else ([str(f) for f in item[0]], item[1])
+
+    generate_takes.__doc__ = (f"Generate 1-{MAX_TAKES} variations (takes) of one request together, with seeds seed, "
+                              "seed + 1, ...; returns (their audio files, their seeds).\n" + API_DOC)
+    return generate_takes
+
+
+SKIP = gr.skip()
+
+
+def _api_run(st: Studio, args: list, progress: gr.Progress) -> Iterator:
+    """Both endpoints: SKIP while working (so a cancelled job or a lost client closes this generator: Gradio
+    closes a generator handler at its next yield, once the first yield registered it; the engine then stops at
+    its next step), then (files, seeds) of the takes."""
+    with user_errors(st):
+        job = st.job(*args)
+        yield SKIP
+        st.model(job, on_load=lambda repo: progress((0, None), desc=f"Loading {repo}…"))
+        events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, False)
+        shown, latest, results = time.monotonic(), {}, {}
+        with closing(events):
+            for take in events:
+                event = take.event
+                if isinstance(event, session.Progress):
+                    latest[take.index] = event
+                    event = slowest(latest)
+                    if event.stage == "queue":
                         progress((0, None), desc=f"Waiting for room in the batch ({event.done} ahead)")
-                    elif isinstance(event, session.Progress):
+                    else:
                         unit = "frames" if event.stage == "frames" else "diffusion steps"
                         progress((event.done, event.total), desc="Generating", unit=unit)
-                        if time.monotonic() - shown > PROGRESS_EVERY:
-                            shown = time.monotonic()
-                            yield gr.skip()
-                    elif isinstance(event, session.Result):
-                        yield str(st.write(event.audio, event.sample_rate, event.seed, job.req.output_format))
-                        return
-        raise gr.Error("Generation ended without audio")
-
-    return generate
+                    if time.monotonic() - shown > PROGRESS_EVERY:
+                        shown = time.monotonic()
+                        yield SKIP
+                elif isinstance(event, session.Result):
+                    results[take.index] = event
+        if len(results) == job.req.takes:
+            done = [results[k] for k in sorted(results)]
+            yield ([st.write(r.audio, r.sample_rate, r.seed, job.req.output_format) for r in done],
+                   [r.seed for r in done])
+            return
+    raise gr.Error("Generation ended without audio")
 
 
 def wire(st: Studio, page: Page) -> None:
@@ -363,7 +441,7 @@ def wire(st: Studio, page: Page) -> None:
 
     armed = gr.on([page.generate.click, page.fields["prompt"].submit], arm, outputs=[page.status, page.run_id],
                   **quick)
-    done = armed.then(run, inputs=[*page.inputs, page.run_id], outputs=page.outputs, show_progress="hidden",
+    done = armed.then(run, inputs=[*page.inputs, page.takes, page.run_id], outputs=page.outputs, show_progress="hidden",
                api_visibility="private", concurrency_id="musicgen", concurrency_limit=st.concurrency)
     # Stop is cooperative (the run ends itself at its next step): Gradio's `cancels` raced with the
     # streamed outputs in 6.31 and could leave the page believing the run was still going
@@ -377,6 +455,8 @@ def wire(st: Studio, page: Page) -> None:
                             outputs=[*restorable, page.result, page.status], **quick)
     gr.on([], api_generate(st), inputs=page.inputs, outputs=[page.result], api_name="generate",
           concurrency_id="musicgen", concurrency_limit=st.concurrency)
+    gr.on([], api_generate_takes(st), inputs=[*page.inputs, page.takes], outputs=[page.api_files, page.api_seeds],
+          api_name="generate_takes", concurrency_id="musicgen", concurrency_limit=st.concurrency)
     prompt_inputs = [page.fields["prompt"], page.fields["duration"]]
     gr.on([c.change for c in prompt_inputs], timeline_text, inputs=prompt_inputs, outputs=page.timeline, **quick)
     hint_inputs = [page.fields[k] for k in ("model_size", "stereo", "melody", "decoder")]
@@ -386,11 +466,13 @@ def wire(st: Studio, page: Page) -> None:
                      **quick)
 
 
-def remember(past: object, take: object) -> tuple[list, dict]:
-    """After a finished run: its entry joins the browser's history."""
-    if not isinstance(take, dict):
+def remember(past: object, takes: object) -> tuple[list, dict]:
+    """After a finished run: its entries (one per take, take 1 first) join the browser's history."""
+    if not isinstance(takes, list) or not takes:
         return gr.skip(), gr.skip()
-    kept = history.add(past, take)
+    kept = past
+    for take in reversed(takes):
+        kept = history.add(kept, take)
     return kept, gr.update(samples=history.rows(kept))
 
 

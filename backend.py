@@ -76,10 +76,11 @@ class Studio:
         return mg
 
     def _run_events(self, repo: str, req: studio.Request, melody: session.Clip | None,
-                    continuation: session.Clip | None, stream: bool) -> Iterator[session.Event]:
-        """The GPU part (what `spaces.GPU` wraps on ZeroGPU): the model is loaded before, outside it."""
+                    continuation: session.Clip | None, stream: bool) -> Iterator[session.Take]:
+        """The GPU part (what `spaces.GPU` wraps on ZeroGPU): the model is loaded before, outside it. Each of
+        the request's takes' events (chunks only of the first)."""
         mg, engine = self.cache.engine(repo)
-        yield from session.run(mg, req, melody, continuation=continuation, stream=stream, engine=engine)
+        yield from session.run_takes(mg, req, melody, continuation=continuation, stream=stream, engine=engine)
 
     def write(self, audio: Any, sample_rate: int, seed: int, fmt: str, tag: str = "") -> Path:
         """A result file in format `fmt` (media.FORMATS), under a name of its own."""
@@ -112,7 +113,7 @@ def _zero_gpu(fn: Callable) -> Callable:
         return fn
 
     def budget(repo: str, req: studio.Request, melody: object, continuation: object, stream: bool) -> int:
-        return studio.gpu_seconds(req.model_size, req.duration, req.decoder)
+        return studio.gpu_seconds(req.model_size, req.duration, req.decoder, req.takes)
 
     return spaces.GPU(duration=budget)(fn)
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import loudness, media, timeline
 from .errors import InvalidInputError, MusicGenError
 from .layout import QUANTIZE
-from .options import DECODERS, SEED_BITS, GenerationOptions, ProgressFn, options, seed_of
+from .options import DECODERS, MAX_TAKES, GenerationOptions, ProgressFn, options, seed_of, take_seeds
 
 if TYPE_CHECKING:
     from .pipeline import GenerationOutput, MusicGen
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 D = GenerationOptions()  # the defaults (audiocraft's)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-MAX_TAKES = 4  # variations of a prompt made together; 4 guided takes of one prompt are 8 rows of a decode step
 
 
 def parser() -> argparse.ArgumentParser:
@@ -136,14 +135,6 @@ def read_clip(path: str | None, start: float, end: float | None, melody: bool) -
     return upload.clip
 
 
-def take_seeds(seed: int | None, takes: int) -> list[int]:
-    """Consecutive seeds from `seed` (or a random first one), wrapping within the seed range."""
-    if not 1 <= takes <= MAX_TAKES:
-        raise InvalidInputError(f"--takes must be 1 to {MAX_TAKES}, got {takes}")
-    first = seed_of(options(seed=seed))
-    return [(first + k) % 2**SEED_BITS for k in range(takes)]
-
-
 def run_takes(mg: MusicGen, prompts: list[str], o: GenerationOptions, seeds: list[int],
               bar: tqdm) -> list[GenerationOutput]:
     """One generation per seed, all through one serve.Scheduler (sharing decode steps); their outputs."""
@@ -204,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         fmt = output_format(args.output, args.wav24)
-        seeds = take_seeds(args.seed, args.takes)
+        seeds = take_seeds(seed_of(options(seed=args.seed)), args.takes)
         melody = read_clip(args.melody, args.melody_start, args.melody_end, melody=True)
         head = read_clip(args.continue_from, args.continue_start, args.continue_end, melody=False)
         o = options(duration=args.duration, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,

@@ -26,6 +26,7 @@ EXTEND_STRIDE = 18.0  # seconds each further window adds (audiocraft's default e
 MAX_DURATION = 300.0  # longest piece: made window by window beyond WINDOW
 DEFAULT_DURATION = 10.0  # audiocraft's demo default
 SEED_BITS = 63  # seeds are non-negative int64 (torch.Generator.manual_seed)
+MAX_TAKES = 4  # variations of one request made together: 4 guided takes are 8 rows of a decode step (serve.py)
 
 Clip = tuple[Any, int]  # (wave, sample_rate): a tensor or array [S], [C, S] or [B, C, S], any rate
 ProgressFn = Callable[[int, int], None]  # progress(step, total), called after every decode / diffusion step
@@ -105,6 +106,13 @@ def verify(o: GenerationOptions) -> GenerationOptions:
 def seed_of(o: GenerationOptions) -> int:
     """The seed that reproduces this generation: the given one, or a fresh one."""
     return secrets.randbits(SEED_BITS) if o.seed is None else o.seed
+
+
+def take_seeds(first: int, takes: int, bound: int = 2**SEED_BITS) -> list[int]:
+    """The seeds of `takes` variations: `first`, first + 1, ..., wrapping within [0, bound)."""
+    if isinstance(takes, bool) or not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
+        raise InvalidInputError(f"takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}")
+    return [(first + k) % bound for k in range(takes)]
 
 
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:

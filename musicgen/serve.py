@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from .timeline import Prompts
 
 MAX_ROWS = 16  # 8 guided requests: measured on 2 CPU cores (int8), a step of 16 rows costs ~2.3x one of 2
 MEMORY_SHARE = 0.5  # of the memory available when the scheduler starts, at most, for its KV cache
+STOP_POLL = 0.2  # seconds between looks at a reader's `stopped()` while its request waits for news
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,13 @@ class Scheduler:
     # ------------------------------------------------------------------ the requester's side
     def stream(self, prompts: Prompts, duration: float | None = None, *,
                options: GenerationOptions | None = None, progress: ProgressFn | None = None, decode: bool = True,
+               stopped: Callable[[], bool] | None = None,
                **changes: Any) -> Iterator[Queued | StreamStep | GenerationOutput]:
         """As `MusicGen.stream`, sharing the decode steps with every other request: `Queued` while it waits,
         the newest `StreamStep` whenever the reader asks (steps it was too slow for are skipped), then the
-        `GenerationOutput`. Closing the iterator (or a `Stopped` reader) cancels the request."""
+        `GenerationOutput`. Closing the iterator (or a `Stopped` reader) cancels the request; so does
+        `stopped()` turning true (polled every STOP_POLL seconds: for a reader in another thread, which cannot
+        close a generator that is waiting, e.g. a visitor who leaves while still in line)."""
         o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
         rows = decode_rows(len(timeline.pieces(prompts, o.duration)), o.cfg_coef)
         if rows > self.max_rows:
@@ -145,7 +149,7 @@ class Scheduler:
             self._renumber()
             self._cv.notify_all()
         try:
-            yield from self._events(ticket)
+            yield from self._events(ticket, stopped)
             if ticket.tokens is None or ticket.gen is None:  # cancelled from another thread
                 return
             yield self.mg.output(ticket.tokens, o.decoder, ticket.seed, decode=decode, progress=progress,
@@ -163,14 +167,19 @@ class Scheduler:
                 progress(event.step, event.total)
         raise AssertionError("stream ended without an output")
 
-    def _events(self, t: Ticket) -> Iterator[Queued | StreamStep]:
+    def _events(self, t: Ticket, stopped: Callable[[], bool] | None = None) -> Iterator[Queued | StreamStep]:
         """The ticket's news, read in the requester's thread: its place in line while it waits, the newest
-        step while it runs; returns once its tokens are done (raises its error, if any)."""
+        step while it runs; returns once its tokens are done (raises its error, if any) or `stopped()`."""
         seen: StreamStep | None = None
         ahead: int | None = None
         while True:
+            if stopped is not None and stopped():
+                self.cancel(t)
+                return
             with self._cv:
-                self._cv.wait_for(functools.partial(_news, t, seen, ahead))
+                if not self._cv.wait_for(functools.partial(_news, t, seen, ahead),
+                                         timeout=None if stopped is None else STOP_POLL):
+                    continue
                 error, latest, ahead_now, done = t.error, t.latest, t.ahead, t.tokens is not None
                 waiting, cancelled = t.start is None, t.cancelled
             if error is not None:

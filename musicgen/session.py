@@ -14,17 +14,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from . import loudness
-from .options import Clip, GenerationOptions, options
+from .options import Clip, GenerationOptions, options, take_seeds
 from .pipeline import GenerationOutput, MusicGen, StreamStep
 from .serve import Queued, Scheduler
 from .streaming import StreamDecoder
-from .studio import Request, fresh_seed
+from .studio import MAX_SEED, Request, fresh_seed
 
 
 @dataclass(frozen=True)
@@ -89,27 +89,32 @@ class _Stopped(Exception):
 _END = object()
 
 
-def _engine_items(engine: MusicGen | Scheduler, prompt: str, o: GenerationOptions, decode: bool) -> Iterator[object]:
+def _engine_items(engine: MusicGen | Scheduler, prompt: str, o: GenerationOptions, decode: bool,
+                  cancel: threading.Event | None = None) -> Iterator[object]:
     """The engine's steps, produced in a worker thread: Queued (a scheduler's line), StreamStep, ("tick", step,
-    total) from the progress callback, GenerationOutput. Closing this iterator stops the worker at its next
-    step (and takes the request out of a scheduler's batch)."""
+    total) from the progress callback, GenerationOutput. Closing this iterator, or setting `cancel`, stops the
+    worker at its next step (and takes the request out of a scheduler's batch or line)."""
     items: queue.Queue = queue.Queue()
     stop = threading.Event()
 
+    def stopped() -> bool:
+        return stop.is_set() or (cancel is not None and cancel.is_set())
+
     def tick(step: int, total: int) -> None:
-        if stop.is_set():
+        if stopped():
             raise _Stopped
         items.put(("tick", step, total))
 
     progress = tick if o.decoder != "encodec" else None  # the diffusion decoder's steps after the tokens
+    extra = {"stopped": stopped} if isinstance(engine, Scheduler) else {}  # leaves its line without news too
 
     def work() -> None:
         steps = None
         try:
-            steps = engine.stream(prompt, options=o, progress=progress, decode=decode)
+            steps = engine.stream(prompt, options=o, progress=progress, decode=decode, **extra)
             for item in steps:
                 items.put(item)
-                if stop.is_set():
+                if stopped():
                     break
         except _Stopped:
             pass
@@ -139,12 +144,13 @@ def _peek(q: queue.Queue) -> object:
 
 
 def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation: Clip | None = None,
-        stream: bool = True, engine: MusicGen | Scheduler | None = None,
+        stream: bool = True, engine: MusicGen | Scheduler | None = None, cancel: threading.Event | None = None,
         chunk_seconds: float = 1.5, max_piece: float = 2.0, clock: Callable[[], float] = time.perf_counter,
         ) -> Iterator[Event]:
     """Generate `req` with `mg`: `Progress` as decode (and diffusion) steps complete, `Chunk`s of new
     audio (when `stream`), the `Result` last; with a scheduler as `engine`, `Progress("queue", ahead, 0)` while
-    the request waits for room in its batch. Closing the iterator stops the engine (cancel). With
+    the request waits for room in its batch. Closing the iterator (or setting `cancel`, from any thread)
+    stops the engine; a cancelled run ends without a result. With
     `continuation` the piece starts with that audio (re-encoded) and the chunks play it first.
 
     The token prefix is decoded every `chunk_seconds` of wall time (every 0.25 s until playback starts).
@@ -166,7 +172,7 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     o = generation_options(req, seed, melody, continuation)
     decoded: list[np.ndarray] = []  # every sample the StreamDecoder produced, sent or not
     # with a StreamDecoder every sample is decoded on the way: no second EnCodec pass at the end
-    for item in _engine_items(engine or mg, req.prompt, o, decode=live is None):
+    for item in _engine_items(engine or mg, req.prompt, o, decode=live is None, cancel=cancel):
         if isinstance(item, Queued):
             start = clock()  # the generation's time counts from when it leaves the line
             yield Progress("queue", item.ahead, 0)
@@ -198,6 +204,8 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
                     yield Chunk(whole[:, i : i + step], sent, sr)
                     sent += whole[:, i : i + step].shape[-1]
     if out is None:
+        if cancel is not None and cancel.is_set():
+            return
         raise RuntimeError("the engine stopped without returning the generated audio")
     elapsed = clock() - start
 
@@ -216,3 +224,57 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     else:
         kept = out.audio_encodec
         yield Result(level(out.audio[0].numpy()), level(encodec_audio(kept)), out.sample_rate, out.seed, elapsed)
+
+
+@dataclass(frozen=True)
+class Take:
+    """An event of take `index` (0-based) of a request with several takes."""
+
+    index: int
+    event: Event
+
+
+def take_requests(req: Request) -> list[Request]:
+    """One request per take: the same settings with seeds seed, seed + 1, ... (a fresh first one if None)."""
+    first = req.seed if req.seed is not None else fresh_seed()
+    return [replace(req, seed=s, takes=1) for s in take_seeds(first, req.takes, MAX_SEED + 1)]
+
+
+def run_takes(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation: Clip | None = None,
+              stream: bool = True, engine: MusicGen | Scheduler | None = None) -> Iterator[Take]:
+    """`run` for each of `req.takes` takes (consecutive seeds), as `Take` events; chunks (when `stream`) only of
+    the first. With a scheduler the takes run at once, sharing decode steps (each exactly as it would alone);
+    with the model itself, one after another. Closing the iterator stops every take."""
+    reqs = take_requests(req)
+    if len(reqs) == 1 or not isinstance(engine, Scheduler):
+        for k, r in enumerate(reqs):
+            for event in run(mg, r, melody, continuation=continuation, stream=stream and k == 0, engine=engine):
+                yield Take(k, event)
+        return
+    merged: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    def work(k: int, r: Request) -> None:
+        try:
+            for event in run(mg, r, melody, continuation=continuation, stream=stream and k == 0, engine=engine,
+                             cancel=cancel):
+                merged.put(Take(k, event))
+        except BaseException as e:  # handed to the consumer, which raises it in its own thread
+            merged.put(e)
+        finally:
+            merged.put(_END)
+
+    for k, r in enumerate(reqs):
+        threading.Thread(target=work, args=(k, r), name=f"musicgen-take-{k + 1}", daemon=True).start()
+    try:
+        running = len(reqs)
+        while running:
+            item = merged.get()
+            if item is _END:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        cancel.set()

@@ -22,7 +22,7 @@ import torch
 from .errors import InvalidInputError
 from .loudness import DEFAULT_STRATEGY, STRATEGIES
 from .media import FORMATS
-from .options import DECODERS, MAX_DURATION
+from .options import DECODERS, MAX_DURATION, MAX_TAKES
 from .pipeline import MusicGen, default_device
 from .serve import Scheduler
 
@@ -116,6 +116,7 @@ class Request:
     output_format: str = "wav"  # the result file's format (media.FORMATS)
     melody_trim: tuple[float, float | None] = (0.0, None)  # [start, end) seconds of the melody file (None: its end)
     continue_trim: tuple[float, float | None] = (0.0, None)  # the same for the audio to continue
+    takes: int = 1  # variations made together, seeds seed, seed + 1, ... (options.MAX_TAKES at most)
 
 
 def _number(name: str, value: object, lo: float, hi: float = math.inf) -> float:
@@ -155,7 +156,7 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
                   melody: object, top_k: object, top_p: object, temperature: object, cfg_coef: object,
                   seed: object, continue_audio: object = None, loudness: object = DEFAULT_STRATEGY,
                   output_format: object = "wav", melody_start: object = 0, melody_end: object = None,
-                  continue_start: object = 0, continue_end: object = None) -> Request:
+                  continue_start: object = 0, continue_end: object = None, takes: object = 1) -> Request:
     """Check every field of a request before any model is loaded; errors say what to change."""
     if prompt is None:
         prompt = ""
@@ -186,7 +187,8 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
                    _integer("top_k", top_k, 0, 2048), _number("top_p", top_p, 0.0, 1.0),
                    _number("temperature", temperature, 0.0, 10.0), _number("cfg_coef", cfg_coef, 0.0, 100.0),
                    parse_seed(seed), continue_path, str(loudness), str(output_format),
-                   _trim("melody", melody_start, melody_end), _trim("continue", continue_start, continue_end))
+                   _trim("melody", melody_start, melody_end), _trim("continue", continue_start, continue_end),
+                   _integer("takes", takes, 1, MAX_TAKES))
 
 
 def _trim(name: str, start: object, end: object) -> tuple[float, float | None]:
@@ -226,11 +228,11 @@ def check_prompt_tokens(mg: MusicGen, prompt: str) -> None:
                                 f"{mg.tokenizer.max_tokens}: shorten it")
 
 
-def gpu_seconds(model_size: str, duration: float, decoder: str) -> int:
+def gpu_seconds(model_size: str, duration: float, decoder: str, takes: int = 1) -> int:
     """A ZeroGPU time budget for one request: model-dependent seconds per second of audio plus set-up,
-    more with the diffusion decoder (80 UNet passes per clip)."""
+    more with the diffusion decoder (80 UNet passes per clip), times the takes (made one after another there)."""
     per_second = {"small": 0.5, "medium": 1.2, "large": 2.2}.get(model_size, 2.2)
-    seconds = 15 + duration * per_second * (2.5 if decoder == "mbd" else 1.0)
+    seconds = 15 + takes * duration * per_second * (2.5 if decoder == "mbd" else 1.0)
     return int(min(max(seconds, 30), 300))
 
 

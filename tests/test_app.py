@@ -29,11 +29,13 @@ def generate(client: Client, **kwargs) -> tuple[np.ndarray, int]:
 
 def test_api_parameters_are_named(client: Client) -> None:
     info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(info) == {"/generate"}  # the UI's own events are private
+    assert set(info) == {"/generate", "/generate_takes"}  # the UI's own events are private
     names = [p["parameter_name"] for p in info["/generate"]["parameters"]]
     assert names == ["prompt", "duration", "model_size", "stereo", "decoder", "melody", "top_k", "top_p",
                      "temperature", "cfg_coef", "seed", "continue_audio", "loudness", "output_format",
                      "melody_start", "melody_end", "continue_start", "continue_end"]
+    assert [p["parameter_name"] for p in info["/generate_takes"]["parameters"]] == [*names, "takes"]
+    assert info["/generate_takes"]["parameters"][-1]["parameter_default"] == 1  # as the page
     defaults = {p["parameter_name"]: p["parameter_default"] for p in info["/generate"]["parameters"]}
     assert defaults["duration"] == 10 and defaults["model_size"] == "small" and defaults["seed"] == -1
     assert defaults["loudness"] == "loudness" and defaults["output_format"] == "wav" and defaults["melody_end"] == 0
@@ -53,6 +55,22 @@ def test_seed_reproducible(client: Client) -> None:
     c, _ = generate(client, prompt="80s synthwave", duration=1, seed=1235)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_takes_have_consecutive_seeds_and_their_own_audio(client: Client) -> None:
+    """/generate_takes: 3 takes made together get 3 seeds and 3 different pieces, each exactly the piece one
+    request with its seed makes."""
+    files, seeds = client.predict(prompt="80s synthwave", duration=1, seed=4000, takes=3, api_name="/generate_takes")
+    assert seeds == [4000, 4001, 4002] and len(files) == 3
+    takes = [sf.read(f, dtype="float32", always_2d=True)[0] for f in files]
+    assert all(t.shape == (32000, 1) for t in takes)
+    assert all(np.abs(takes[i] - takes[j]).max() > 1e-3 for i in range(3) for j in range(i + 1, 3))
+    alone, _ = generate(client, prompt="80s synthwave", duration=1, seed=4001)
+    assert np.array_equal(takes[1], alone)
+    _, drawn = client.predict(prompt="80s synthwave", duration=1, seed=-1, takes=2, api_name="/generate_takes")
+    assert drawn[1] == drawn[0] + 1  # a random first seed, the next one after it
+    with pytest.raises(AppError, match="Takes must be between 1 and 4, got 5"):
+        client.predict(prompt="80s synthwave", duration=1, takes=5, api_name="/generate_takes")
 
 
 def _silent_wav(path) -> str:

@@ -75,6 +75,24 @@ def test_generate_in_the_browser(server: Server, page, tmp_path: Path) -> None:
         Path(out).mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_path / "studio.png", Path(out) / "studio.png")
 
+    # takes: two variations from one click, each in its own player with its seed (the next seed for take 2)
+    takes = page.get_by_label("number input for Takes")
+    takes.fill("2")
+    takes.press("Enter")
+    generate.click()
+    expect(info).to_contain_text("Seeds", timeout=120_000)
+    expect(page.locator("#take-2 audio").first).to_be_attached()
+    expect(page.locator("#result")).to_contain_text("Take 1 · seed")
+    seeds = [int(x) for x in re.findall(r"seed (\d+)", page.locator("#result").inner_text()
+                                        + page.locator("#take-2").inner_text())]
+    assert len(seeds) == 2 and seeds[1] == seeds[0] + 1
+    expect(errors).to_have_count(0)
+    page.screenshot(path=str(tmp_path / "studio-takes.png"), full_page=True)
+    if out:
+        shutil.copy(tmp_path / "studio-takes.png", Path(out) / "studio-takes.png")
+    takes.fill("1")
+    takes.press("Enter")
+
     # Stop: a long generation is cut short, the page says so, and the next one runs
     seconds.fill("30")
     seconds.press("Enter")

@@ -107,7 +107,7 @@ def test_cli_refuses_what_it_cannot_write(checkpoints, tmp_path: Path, capsys) -
     code, err = run(capsys, "lofi", "--model", model, "-o", str(tmp_path / "x.flac"), "--wav24")
     assert code == 2 and "--wav24 writes 24-bit WAV, but the output x.flac is flac" in err
     code, err = run(capsys, "lofi", "--model", model, "--takes", "5")
-    assert code == 2 and "--takes must be 1 to 4, got 5" in err
+    assert code == 2 and "takes must be a whole number from 1 to 4, got 5" in err
     code, err = run(capsys, "lofi", "--model", model, "--melody-start", "2")
     assert code == 2 and "--melody-start / --melody-end trim a file: give it with --melody FILE" in err
 

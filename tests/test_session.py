@@ -8,12 +8,14 @@ so they add up to the EnCodec decode within float32 rounding.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from musicgen import MusicGen, loudness, session
+from musicgen.serve import Scheduler
 from musicgen.studio import parse_request
 
 TOL = 1e-5
@@ -163,3 +165,53 @@ def test_the_result_is_levelled_the_live_chunks_are_not(small: MusicGen) -> None
     assert isinstance(res, session.Result)
     np.testing.assert_allclose(res.audio, loudness.normalize(raw, 32000, "peak"), rtol=0, atol=1e-6)
     assert abs(np.abs(res.audio).max() - 10 ** (-1 / 20)) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def int8(checkpoints) -> MusicGen:
+    """(int8: a request's tokens are bit for bit the same alone and in a batch, test_serve.py)"""
+    return MusicGen.from_pretrained(checkpoints["current"][1], device="cpu", quantize="int8")
+
+
+def test_takes_run_together_each_as_it_would_alone(int8: MusicGen) -> None:
+    """3 takes share the scheduler's decode steps, get seeds seed, +1, +2, and each is exactly the run of its
+    seed alone; only the first streams chunks."""
+    sched = Scheduler(int8, max_rows=8)
+    try:
+        before = sched.steps
+        takes = list(session.run_takes(int8, replace(request(1.0, seed=40), takes=3), engine=sched))
+        steps = sched.steps - before
+        # alone: through the same scheduler, as the studio runs every request (the thread counts are part of a
+        # float32 result's last bits, test_serve.py)
+        alone = [list(session.run(int8, request(1.0, seed=40 + k), stream=False, engine=sched))[-1] for k in range(3)]
+    finally:
+        sched.close()
+    results = {t.index: t.event for t in takes if isinstance(t.event, session.Result)}
+    assert sorted(results) == [0, 1, 2] and [results[k].seed for k in range(3)] == [40, 41, 42]
+    assert {t.index for t in takes if isinstance(t.event, session.Chunk)} == {0}
+    for k in range(3):  # (the first take's audio is its streamed chunks: decoded in pieces that depend on timing)
+        assert np.abs(results[k].audio - alone[k].audio).max() <= (TOL if k == 0 else 0.0)
+    assert not np.array_equal(results[0].audio, results[1].audio)
+    frames = round(1.0 * int8.frame_rate) + int8.num_codebooks - 1
+    assert steps < 1.5 * frames  # together: about one request's decode steps, not three
+
+
+def test_closing_takes_stops_them_all_also_those_in_line(int8: MusicGen) -> None:
+    """Room for one guided request: take 1 runs, takes 2 and 3 wait. Closing the run stops the running one at
+    its next step and takes the waiting ones out of the line, without any news from the scheduler."""
+    sched = Scheduler(int8, max_rows=2)
+    try:
+        it = session.run_takes(int8, replace(request(20.0, seed=1), takes=3), engine=sched, stream=False)
+        queued = running = False
+        while not (queued and running):
+            t = next(it)
+            queued |= isinstance(t.event, session.Progress) and t.event.stage == "queue"
+            running |= isinstance(t.event, session.Progress) and t.event.stage == "frames"
+        assert sched.load == (1, 2)
+        it.close()
+        deadline = time.monotonic() + 2.0
+        while sched.load != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sched.load == (0, 0)
+    finally:
+        sched.close()

@@ -13,6 +13,7 @@ streaming.py and media.py; this file is the page.
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import logging
 import time
@@ -20,12 +21,13 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import torch
 
 from backend import Job, Studio, readable_input_errors, user_errors
-from musicgen import MusicGenError, history, media, session, studio, timeline
+from musicgen import MusicGenError, history, media, session, studio, timeline, waits
 from musicgen.layout import QUANTIZE
 from musicgen.loudness import DEFAULT_STRATEGY, STRATEGIES
 from musicgen.options import EXTEND_STRIDE, MAX_DURATION, MAX_TAKES, GenerationOptions
@@ -126,12 +128,31 @@ def timeline_text(prompt: object, duration: object) -> str:
                                             for a, b, p in rows)
 
 
+def span(seconds: float) -> str:
+    """45 s, 6 min 10 s, 1 h 5 min."""
+    s = round(seconds)
+    if s < 60:
+        return f"{max(s, 1)} s"
+    if s < 3600:
+        return f"{s // 60} min" + (f" {s % 60} s" if s % 60 else "")
+    return f"{s // 3600} h" + (f" {s % 3600 // 60} min" if s % 3600 // 60 else "")
+
+
+def wait_text(job: Job, wait: waits.Wait) -> str:
+    """What the page says before a long multi-band diffusion decode."""
+    what = [f"{job.req.duration:g} s of audio"] + ([f"{job.req.takes} takes"] if job.req.takes > 1 else [])
+    return (f"**The multi-band diffusion decoder will take about {span(wait.seconds)} on this server's CPU** for "
+            f"{', '.join(what)}: {wait.calls} model passes of about {wait.per_call:.1f} s each (measured here), after "
+            "the tokens are generated. EnCodec decodes in seconds. Stop works during diffusion too.")
+
+
 def _hint(size: str, stereo: bool, melody: str | None, decoder: str = "encodec") -> str:
     ckpt, notice = studio.choose_checkpoint(size, stereo, bool(melody))
     lines = [ckpt.hint, notice or ""]
     if decoder == "mbd":
         lines.append(f"Multi-band diffusion: `{studio.MBD_REPO}` is downloaded on first use; 80 diffusion model "
-                     "passes per clip, much slower than EnCodec (especially on a CPU)")
+                     "passes per clip, much slower than EnCodec (on a CPU, minutes: the page says how long before it "
+                     "starts)")
     return "  \n".join(line for line in lines if line)
 
 
@@ -147,6 +168,11 @@ class Page:
     hint: gr.Markdown
     timeline: gr.Markdown  # a timeline prompt's schedule: which prompt each part of the piece gets
     status: gr.HTML
+    confirm: gr.Group  # shown before a long diffusion decode on a CPU: go on, or use EnCodec
+    confirm_text: gr.Markdown
+    go_anyway: gr.Button
+    use_encodec: gr.Button
+    confirmed: gr.State  # this run was confirmed (a long diffusion decode may start)
     live: gr.Audio
     takes: gr.Slider  # variations made together (not a /generate field: /generate_takes has it)
     result: gr.Audio  # the result, or take 1
@@ -168,8 +194,8 @@ class Page:
 
     @property
     def outputs(self) -> list[gr.components.Component]:
-        return [self.status, self.live, self.result, *self.more_takes, self.result_mbd, self.picture, self.info,
-                self.last_seed, self.last_take]
+        return [self.status, self.confirm, self.confirm_text, self.live, self.result, *self.more_takes,
+                self.result_mbd, self.picture, self.info, self.last_seed, self.last_take]
 
 
 def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str, gr.components.Component]]:
@@ -187,7 +213,7 @@ def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str
         f["duration"] = gr.Slider(studio.MIN_DURATION, MAX_DURATION, value=D.duration, step=1,
                                   label="Duration (seconds)", scale=3)
         controls["takes"] = gr.Slider(1, MAX_TAKES, value=1, step=1, label="Takes", scale=2, elem_id="takes",
-                                      info="variations, seed +1 each")
+                                      info="seed +1 each")
     with gr.Row():
         f["model_size"] = gr.Radio(list(studio.SIZES), value="small", label="Model size", scale=3)
         f["stereo"] = gr.Checkbox(value=False, label="Stereo", scale=1, min_width=100)
@@ -239,6 +265,11 @@ def build_result_column(st: Studio) -> dict[str, gr.components.Component]:
     """Status line, live preview, the result players, the picture and the summary."""
     out: dict[str, gr.components.Component] = {}
     out["status"] = gr.HTML(status_html("Ready", 0.0), elem_id="status")
+    with gr.Group(visible=False, elem_id="confirm") as out["confirm"]:
+        out["confirm_text"] = gr.Markdown()
+        with gr.Row():
+            out["go_anyway"] = gr.Button("Generate anyway", variant="primary")
+            out["use_encodec"] = gr.Button("Use EnCodec instead")
     out["live"] = gr.Audio(label="Live preview (plays while generating)", streaming=True, autoplay=True,
                            interactive=False, visible=st.stream, elem_id="live")
     with gr.Row():
@@ -269,15 +300,17 @@ def build_page(st: Studio) -> Page:
             shown = build_result_column(st)
     return Page(fields, **controls, **shown, last_seed=gr.State(None), run_id=gr.State(None),  # type: ignore[arg-type]
                 history=gr.BrowserState([], storage_key="musicgen-history"), last_take=gr.State(None),
+                confirmed=gr.State(False),
                 api_files=gr.Files(visible=False), api_seeds=gr.JSON(visible=False))
 
 
-def page_run(st: Studio, page: Page, run: str, *args: object) -> Iterator[dict]:
-    """The page's Generate: status bar, live chunks, then the result, picture and summary."""
+def page_run(st: Studio, page: Page, run: str, confirmed: bool, *args: object) -> Iterator[dict]:
+    """The page's Generate: status bar, live chunks, then the result, picture and summary. Before a long
+    diffusion decode on a CPU (unless `confirmed`), the expected time and a choice instead."""
     started = time.monotonic()
     try:
         with user_errors(st):
-            yield from _page_events(st, page, run, started, *args)
+            yield from _page_events(st, page, run, confirmed, started, *args)
     except gr.Error as e:  # the toast goes away; the status line keeps the reason
         yield {page.status: status_html(f"{e.title}: {e.message}", 0.0, error=True)}
         raise
@@ -285,17 +318,27 @@ def page_run(st: Studio, page: Page, run: str, *args: object) -> Iterator[dict]:
         st.stops.disarm(run)
 
 
-def _page_events(st: Studio, page: Page, run: str, started: float, *args: object) -> Iterator[dict]:
+def _page_events(st: Studio, page: Page, run: str, confirmed: bool, started: float, *args: object
+                 ) -> Iterator[dict]:
     job = st.job(*args)
     if job.notice:
         gr.Info(job.notice)
     clear = {page.result: gr.update(value=None, label="Result"), page.picture: None, page.info: "",
+             page.confirm: gr.update(visible=False),
              page.last_take: None, page.result_mbd: gr.update(value=None, visible=False),
              **{p: gr.update(value=None, visible=False) for p in page.more_takes}}
     if st.cache.current != job.ckpt.repo:
         size = f"≈{job.ckpt.download_gb:g} GB download on first use"
         yield clear | {page.status: status_html(f"Loading {job.ckpt.repo} ({size})…")}
-    st.model(job)
+    mg = st.model(job)
+    if job.req.decoder == "mbd" and not confirmed and st.cache.device.type == "cpu":
+        yield clear | {page.status: status_html("Preparing the multi-band diffusion decoder (downloaded on first use, "
+                                                "then timed on this machine)…")}
+        wait = st.diffusion_wait(job, mg)
+        if wait is not None and wait.seconds > st.confirm_above:
+            yield {page.status: status_html("Waiting for your choice", 0.0), page.confirm: gr.update(visible=True),
+                   page.confirm_text: wait_text(job, wait)}
+            return
     yield clear | {page.live: None, page.status: status_html(f"Generating with {job.ckpt.repo}…", 0.0)}
     shown = 0.0
     latest: dict[int, session.Progress] = {}
@@ -432,24 +475,35 @@ def wire(st: Studio, page: Page) -> None:
     """The page's events and the API endpoint; everything but the generations skips the queue."""
     quick = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
 
-    def arm(request: gr.Request) -> tuple[str, str]:
-        """Generate was pressed: a new run Stop can reach, even while it still waits in the queue."""
-        return status_html("Waiting for the model…"), st.stops.arm(request.session_hash or "")
+    def arming(confirmed: bool) -> Callable[[gr.Request], tuple]:
+        def arm(request: gr.Request) -> tuple:
+            """Generate was pressed: a new run Stop can reach, even while it still waits in the queue."""
+            return (status_html("Waiting for the model…"), st.stops.arm(request.session_hash or ""), confirmed,
+                    gr.update(visible=False))
+        return arm
 
     def run(*args: object) -> Iterator[dict]:
-        yield from page_run(st, page, str(args[-1]), *args[:-1])
+        yield from page_run(st, page, str(args[-1]), bool(args[-2]), *args[:-2])
 
-    armed = gr.on([page.generate.click, page.fields["prompt"].submit], arm, outputs=[page.status, page.run_id],
-                  **quick)
-    done = armed.then(run, inputs=[*page.inputs, page.takes, page.run_id], outputs=page.outputs, show_progress="hidden",
-               api_visibility="private", concurrency_id="musicgen", concurrency_limit=st.concurrency)
+    def start(on: Callable[..., Any], confirmed: bool) -> None:
+        """`on(fn, **kw)` (an event, or the step before) arms a run, then runs it; its takes join the history."""
+        armed = on(arming(confirmed), outputs=[page.status, page.run_id, page.confirmed, page.confirm], **quick)
+        done = armed.then(run, inputs=[*page.inputs, page.takes, page.confirmed, page.run_id], outputs=page.outputs,
+                          show_progress="hidden", api_visibility="private", concurrency_id="musicgen",
+                          concurrency_limit=st.concurrency)
+        done.success(remember, inputs=[page.history, page.last_take], outputs=[page.history, page.history_view],
+                     **quick)
+
+    start(functools.partial(gr.on, [page.generate.click, page.fields["prompt"].submit]), confirmed=False)
+    start(page.go_anyway.click, confirmed=True)  # the expected diffusion time was shown: go on
+    encodec = page.use_encodec.click(lambda: "encodec", outputs=page.fields["decoder"], **quick)
+    start(encodec.then, confirmed=False)
     # Stop is cooperative (the run ends itself at its next step): Gradio's `cancels` raced with the
     # streamed outputs in 6.31 and could leave the page believing the run was still going
     def stop(request: gr.Request) -> None:
         st.stops.request(request.session_hash or "")
 
     page.stop.click(stop, **quick)
-    done.success(remember, inputs=[page.history, page.last_take], outputs=[page.history, page.history_view], **quick)
     restorable = [page.fields[k] for k in ("prompt", *history.SETTINGS, "seed")]
     page.history_view.click(lambda i, h: restore(st, i, h, restorable, page), inputs=[page.history_view, page.history],
                             outputs=[*restorable, page.result, page.status], **quick)

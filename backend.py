@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import pydantic
 import torch
 from gradio.exceptions import InvalidPathError
 
-from musicgen import DownloadError, MusicGen, MusicGenError, media, session, studio
+from musicgen import DownloadError, MusicGen, MusicGenError, media, session, studio, waits
 from musicgen.serve import MAX_ROWS
 
 log = logging.getLogger("musicgen.app")
@@ -56,6 +57,8 @@ class Studio:
         self.out_dir = Path(tempfile.mkdtemp(prefix="musicgen-studio-"))
         self.stops = studio.StopRequests()
         self.run_events = _zero_gpu(self._run_events)
+        self.confirm_above = waits.CONFIRM_ABOVE  # expected diffusion seconds after which the page asks first
+        self._clocks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # MBD decoder -> its DiffusionClock
 
     def job(self, *args: object) -> Job:
         """Check the request fields (in API order), pick the checkpoint, read the user's audio: no model
@@ -74,6 +77,17 @@ class Studio:
         mg = self.cache.get(job.ckpt.repo, on_load=on_load)
         studio.check_prompt_tokens(mg, job.req.prompt)
         return mg
+
+    def diffusion_wait(self, job: Job, mg: MusicGen) -> waits.Wait | None:
+        """How long this job's multi-band diffusion decode is expected to take on this CPU (timed here on first
+        use, after the decoder's download); None for EnCodec or on a GPU (seconds there)."""
+        if job.req.decoder != "mbd" or self.cache.device.type != "cpu":
+            return None
+        mbd = mg.mbd
+        clock = self._clocks.get(mbd)
+        if clock is None:
+            clock = self._clocks.setdefault(mbd, waits.DiffusionClock(mbd, round(mg.sample_rate / mg.frame_rate)))
+        return clock.estimate(job.req.duration, mg.audio_channels, job.req.takes)
 
     def _run_events(self, repo: str, req: studio.Request, melody: session.Clip | None,
                     continuation: session.Clip | None, stream: bool) -> Iterator[session.Take]:

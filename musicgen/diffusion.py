@@ -18,6 +18,7 @@ transformer samples with its (hard-coded) 0.1 dropout active; we compute the det
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -36,6 +37,15 @@ from .weights import Checkpoint, load_module
 
 EQ_BANDS = 32
 SAMPLING_STEPS = 20
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    """How long a decode took: `items` clips of `seconds` each in `wall` seconds (waits.py learns from it)."""
+
+    seconds: float
+    items: int
+    wall: float
 
 
 class TensorSource(Protocol):
@@ -241,6 +251,7 @@ class MultiBandDiffusion(nn.Module):
         self.bands = nn.ModuleList([Band(c, self.sample_rate, f"{where} band {i}")
                                     for i, c in enumerate(config["bands"])])
         self.eq = SplitBands(self.sample_rate, EQ_BANDS)
+        self.last_decode: DecodeTiming | None = None  # the latest decode that ran to its end
 
     @classmethod
     def from_pretrained(cls, device: str | torch.device | None = None, revision: str | None = None,
@@ -300,6 +311,7 @@ class MultiBandDiffusion(nn.Module):
         `generator`: one generator (per-item generators are seeded from it, see `item_generators`), a list
         of B per-item CPU generators, or None (seeded from torch's global RNG). `progress(done, total)` is
         called after every band-model call."""
+        started = time.perf_counter()
         codes = self._check(codes, codec)
         B = codes.shape[0]
         gens = list(generator) if isinstance(generator, Sequence) else item_generators(generator, B)
@@ -323,7 +335,9 @@ class MultiBandDiffusion(nn.Module):
         out = torch.zeros_like(ref)
         for band in self.bands:
             out += band.sample(noise, condition, tick)  # type: ignore[operator]
-        return re_eq(out, ref, self.eq)
+        out = re_eq(out, ref, self.eq)
+        self.last_decode = DecodeTiming(out.shape[-1] / self.sample_rate, B, time.perf_counter() - started)
+        return out
 
     def _check(self, codes: torch.Tensor, codec: EnCodec) -> torch.Tensor:
         if not isinstance(codes, torch.Tensor) or codes.dim() != 3 or codes.dtype not in (torch.long, torch.int):

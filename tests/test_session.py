@@ -126,6 +126,21 @@ def test_diffusion_decoder_progress_is_live(small: MusicGen, tmp_path: Path) -> 
     assert res.audio.shape == res.encodec.shape == (1, 32000)
     assert np.abs(res.audio - res.encodec).max() > 0.01  # the result is the diffusion decoder's
 
+    # Stop during diffusion: closing the run at diffusion step 5 ends the decode at its next model call
+    calls = []
+    for band in mg.mbd.bands:
+        band.unet.register_forward_hook(lambda *_: calls.append(time.perf_counter()))
+    finished = mg.mbd.last_decode
+    it = session.run(mg, req, stream=False)
+    for event in it:
+        if isinstance(event, session.Progress) and event.stage == "diffusion" and event.done == 5:
+            break
+    it.close()
+    closed = len(calls)
+    time.sleep(0.5)  # (a model call of this tiny decoder takes ~5 ms)
+    assert closed <= len(calls) <= closed + 2 and len(calls) < 80
+    assert mg.mbd.last_decode is finished  # the stopped decode never ended
+
 
 def test_continuation_streams_the_clip_first(small: MusicGen) -> None:
     """With audio to continue, the chunks start with the clip's (re-encoded) audio and add up to the result."""

@@ -2,19 +2,18 @@
 
     .venv/bin/python app.py [--share] [--server-name 0.0.0.0] [--port 7860] [--device cpu] [--quantize int8]
 
-The page streams audio while the model generates, then shows the WAV, a picture of it, the seed and the
-speed. The API endpoint `/generate` (parameters prompt, duration, model_size, stereo, decoder, melody,
-top_k, top_p, temperature, cfg_coef, seed, continue_audio) returns the finished WAV file. Models come from the standard
-Hugging Face cache (HF_HOME; HF_HUB_OFFLINE=1 with a pre-populated cache works offline). The engine-side
-logic lives in backend.py (shared server state, errors for people) and musicgen/studio.py, session.py,
-streaming.py and media.py; this file is the page.
+The page streams audio while the model generates, then shows the result (1-4 takes), a picture of it, the
+seeds and the speed. The API endpoints (api.py) are `/generate` (its file) and `/generate_takes` (the takes'
+files and seeds). Models come from the standard Hugging Face cache (HF_HOME; HF_HUB_OFFLINE=1 with a
+pre-populated cache works offline). The server side lives in backend.py (shared state, errors for people),
+what the page says in page_text.py, the engine side in musicgen/ (studio.py, session.py, streaming.py,
+media.py); this file is the page and its wiring.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import html
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -26,13 +25,15 @@ from typing import Any
 import gradio as gr
 import torch
 
-from backend import Job, Studio, readable_input_errors, user_errors
-from musicgen import MusicGenError, history, media, session, studio, timeline, waits
+from api import D, api_generate, api_generate_takes
+from backend import PROGRESS_EVERY, Job, Studio, readable_input_errors, user_errors
+from musicgen import history, media, session, studio, timeline
 from musicgen.layout import QUANTIZE
 from musicgen.loudness import DEFAULT_STRATEGY, STRATEGIES
-from musicgen.options import EXTEND_STRIDE, MAX_DURATION, MAX_TAKES, GenerationOptions
+from musicgen.options import MAX_DURATION, MAX_TAKES
 from musicgen.pipeline import default_device
 from musicgen.serve import MAX_ROWS
+from page_text import CSS, hint, progress_status, slowest, status_html, summary, timeline_text, wait_text
 
 log = logging.getLogger("musicgen.app")
 
@@ -47,18 +48,7 @@ EXAMPLES = [
 ASSETS = Path(__file__).resolve().parent / "assets"
 MELODY_EXAMPLES = sorted((ASSETS / "melodies").glob("*.wav"))  # made by scripts/make_assets.py
 CONTINUE_EXAMPLE = ASSETS / "continue" / "pop_progression.wav"
-D = GenerationOptions()  # the engine's defaults (audiocraft's), shown on the page and in the API
 FORMAT_LABELS = {"wav": "WAV 16-bit", "wav24": "WAV 24-bit", "flac": "FLAC", "mp3": "MP3 320 kbps", "ogg": "OGG Vorbis"}
-PROGRESS_EVERY = 0.25  # seconds between progress updates to a client (also how soon a cancel is noticed)
-CSS = """
-#generate-row button { min-height: 3rem; }
-.mg-status { font-size: var(--text-md); padding: 4px 2px; }
-.mg-track { height: 10px; border-radius: 5px; background: var(--neutral-200); overflow: hidden; margin-top: 6px; }
-.mg-fill { height: 100%; background: var(--color-accent); transition: width 0.2s linear; }
-.mg-busy .mg-fill { width: 30% !important; animation: mg-slide 1.2s ease-in-out infinite; }
-@keyframes mg-slide { from { margin-left: -30%; } to { margin-left: 100%; } }
-.mg-error, .mg-error * { color: #dc2626 !important; }
-"""
 
 
 def as_sent(component: gr.components.Component) -> None:
@@ -67,93 +57,6 @@ def as_sent(component: gr.components.Component) -> None:
     a list into its string form, or fail on "abc" with an opaque error. (On the instance: a subclass of a
     Gradio component makes Gradio write a .pyi stub next to this file.)"""
     component.preprocess = lambda payload: payload  # type: ignore[method-assign]
-
-
-def status_html(text: str, fraction: float | None = None, error: bool = False) -> str:
-    """The status line with a progress bar (`fraction` None: an indeterminate, busy bar)."""
-    kind = " mg-error" if error else " mg-busy" if fraction is None else ""
-    width = 100 * min(max(fraction or 0.0, 0.0), 1.0)
-    return (f'<div class="mg-status{kind}"><div>{html.escape(text)}</div><div class="mg-track">'
-            f'<div class="mg-fill" style="width: {width:.1f}%"></div></div></div>')
-
-
-def progress_status(event: session.Progress, duration: float, started: float, takes: int = 1) -> str:
-    elapsed = time.monotonic() - started
-    if event.stage == "queue":
-        ahead = f"{event.done} request{'s' if event.done != 1 else ''} ahead of you" if event.done else "next in line"
-        return status_html(f"Waiting for room in the batch: {ahead} ({elapsed:.0f} s)")
-    what = f"{takes} takes, " if takes > 1 else ""
-    if event.stage == "frames":
-        seconds = duration * event.done / max(event.total, 1)
-        text = f"Generating: {what}{event.done} / {event.total} frames ({seconds:.1f} s of audio, {elapsed:.0f} s)"
-    else:
-        text = f"Multi-band diffusion decoder: {what}step {event.done} / {event.total} ({elapsed:.0f} s)"
-    return status_html(text, event.done / max(event.total, 1))
-
-
-def slowest(latest: dict[int, session.Progress]) -> session.Progress:
-    """Of the takes' latest progress, the one furthest behind (what the status line shows)."""
-    order = {"queue": 0, "frames": 1, "diffusion": 2}
-    return min(latest.values(), key=lambda e: (order.get(e.stage, 0), e.done / max(e.total, 1)))
-
-
-def summary(results: list[session.Result], job: Job, device: object) -> str:
-    res, n = results[0], len(results)
-    seeds = " · **Seeds** " + ", ".join(f"`{r.seed}`" for r in results) + f" (takes 1–{n})" if n > 1 else ""
-    elapsed = max(r.elapsed for r in results)
-    lines = [(f"**Seed** `{res.seed}` · " if n == 1 else "") + f"**{res.seconds:.1f} s** of audio"
-             f"{f' × {n}' if n > 1 else ''} in **{elapsed:.1f} s** (real-time factor "
-             f"{elapsed / (n * res.seconds):.2f}){seeds} · `{job.ckpt.repo}` on {str(device).upper()}"]
-    if job.continuation is not None:
-        clip = job.continuation[0].shape[-1] / job.continuation[1]
-        lines.append(f"Continued from your {clip:.1f} s clip (re-encoded: the first {clip:.1f} s are its "
-                     "EnCodec version)")
-    if job.notice:
-        lines.append(f"ℹ️ {job.notice}")
-    return "\n\n".join(lines)
-
-
-def timeline_text(prompt: object, duration: object) -> str:
-    """The schedule of a timeline prompt (each part of the piece and the prompt it is made with), or what is
-    wrong with it; nothing for a plain prompt."""
-    try:
-        entries = timeline.parse(prompt) if isinstance(prompt, str) else None
-        if not entries:
-            return ""
-        seconds = float(duration)  # type: ignore[arg-type]
-        rows = timeline.schedule(timeline.check(entries, seconds), seconds, EXTEND_STRIDE)
-    except (MusicGenError, TypeError, ValueError) as e:
-        return f"⚠️ {e}"
-    return "**Timeline**  \n" + "  \n".join(f"{timeline.fmt(a)}–{timeline.fmt(b)}: {html.escape(p)}"
-                                            for a, b, p in rows)
-
-
-def span(seconds: float) -> str:
-    """45 s, 6 min 10 s, 1 h 5 min."""
-    s = round(seconds)
-    if s < 60:
-        return f"{max(s, 1)} s"
-    if s < 3600:
-        return f"{s // 60} min" + (f" {s % 60} s" if s % 60 else "")
-    return f"{s // 3600} h" + (f" {s % 3600 // 60} min" if s % 3600 // 60 else "")
-
-
-def wait_text(job: Job, wait: waits.Wait) -> str:
-    """What the page says before a long multi-band diffusion decode."""
-    what = [f"{job.req.duration:g} s of audio"] + ([f"{job.req.takes} takes"] if job.req.takes > 1 else [])
-    return (f"**The multi-band diffusion decoder will take about {span(wait.seconds)} on this server's CPU** for "
-            f"{', '.join(what)}: {wait.calls} model passes of about {wait.per_call:.1f} s each (measured here), after "
-            "the tokens are generated. EnCodec decodes in seconds. Stop works during diffusion too.")
-
-
-def _hint(size: str, stereo: bool, melody: str | None, decoder: str = "encodec") -> str:
-    ckpt, notice = studio.choose_checkpoint(size, stereo, bool(melody))
-    lines = [ckpt.hint, notice or ""]
-    if decoder == "mbd":
-        lines.append(f"Multi-band diffusion: `{studio.MBD_REPO}` is downloaded on first use; 80 diffusion model "
-                     "passes per clip, much slower than EnCodec (on a CPU, minutes: the page says how long before it "
-                     "starts)")
-    return "  \n".join(line for line in lines if line)
 
 
 @dataclass
@@ -218,7 +121,7 @@ def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str
         f["model_size"] = gr.Radio(list(studio.SIZES), value="small", label="Model size", scale=3)
         f["stereo"] = gr.Checkbox(value=False, label="Stereo", scale=1, min_width=100)
     f["decoder"] = gr.Radio([(v, k) for k, v in studio.DECODER_LABELS.items()], value=D.decoder, label="Decoder")
-    controls["hint"] = gr.Markdown(_hint("small", False, None))
+    controls["hint"] = gr.Markdown(hint("small", False, None))
     trims: dict[str, gr.components.Component] = {}
     with gr.Accordion("Melody or audio to continue (optional)", open=False, elem_id="audio-inputs"), gr.Tabs():
         with gr.Tab("Melody", id="melody-tab"):
@@ -388,89 +291,6 @@ def _result_update(st: Studio, page: Page, job: Job, results: list[session.Resul
     return update
 
 
-API_DOC = """seed -1 draws a random one; melody (an audio file) picks a melody checkpoint; continue_audio (an
-        audio file shorter than 30 s) starts the piece with that clip and goes on from it (the duration
-        counts it). loudness: loudness (-16 LUFS, the default), peak, rms, clip or none; output_format: wav,
-        wav24, flac, mp3 or ogg; melody_start / melody_end and continue_start / continue_end: the part of
-        each file used, in seconds (end 0 or -1: the end of the file)."""
-
-
-def api_generate(st: Studio) -> Callable[..., Iterator]:
-    """The `/generate` endpoint: its parameter names and defaults are the API's."""
-
-    def generate(prompt: str, duration: float = D.duration, model_size: str = "small", stereo: bool = False,
-                 decoder: str = D.decoder, melody: str | None = None, top_k: int = D.top_k, top_p: float = D.top_p,
-                 temperature: float = D.temperature, cfg_coef: float = D.cfg_coef, seed: int = -1,
-                 continue_audio: str | None = None, loudness: str = DEFAULT_STRATEGY, output_format: str = "wav",
-                 melody_start: float = 0, melody_end: float = 0, continue_start: float = 0, continue_end: float = 0,
-                 progress=gr.Progress()) -> Iterator:  # noqa: B008 (how Gradio injects a progress tracker)
-        args = [prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef, seed,
-                continue_audio, loudness, output_format, melody_start, melody_end, continue_start, continue_end]
-        for item in _api_run(st, args, progress):
-            yield item if item is SKIP else str(item[0][0])
-
-    generate.__doc__ = ("Generate music from a text prompt; returns the audio file (from the chosen decoder).\n"
-                        + API_DOC)
-    return generate
-
-
-def api_generate_takes(st: Studio) -> Callable[..., Iterator]:
-    """The `/generate_takes` endpoint: /generate's parameters and `takes`; returns the files and their seeds."""
-
-    def generate_takes(prompt: str, duration: float = D.duration, model_size: str = "small", stereo: bool = False,
-                       decoder: str = D.decoder, melody: str | None = None, top_k: int = D.top_k,
-                       top_p: float = D.top_p, temperature: float = D.temperature, cfg_coef: float = D.cfg_coef,
-                       seed: int = -1, continue_audio: str | None = None, loudness: str = DEFAULT_STRATEGY,
-                       output_format: str = "wav", melody_start: float = 0, melody_end: float = 0,
-                       continue_start: float = 0, continue_end: float = 0, takes: int = 1,
-                       progress=gr.Progress()) -> Iterator:  # noqa: B008 (how Gradio injects a progress tracker)
-        args = [prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef, seed,
-                continue_audio, loudness, output_format, melody_start, melody_end, continue_start, continue_end, takes]
-        for item in _api_run(st, args, progress):
-            yield item if item is SKIP else ([str(f) for f in item[0]], item[1])
-
-    generate_takes.__doc__ = (f"Generate 1-{MAX_TAKES} variations (takes) of one request together, with seeds seed, "
-                              "seed + 1, ...; returns (their audio files, their seeds).\n" + API_DOC)
-    return generate_takes
-
-
-SKIP = gr.skip()
-
-
-def _api_run(st: Studio, args: list, progress: gr.Progress) -> Iterator:
-    """Both endpoints: SKIP while working (so a cancelled job or a lost client closes this generator: Gradio
-    closes a generator handler at its next yield, once the first yield registered it; the engine then stops at
-    its next step), then (files, seeds) of the takes."""
-    with user_errors(st):
-        job = st.job(*args)
-        yield SKIP
-        st.model(job, on_load=lambda repo: progress((0, None), desc=f"Loading {repo}…"))
-        events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, False)
-        shown, latest, results = time.monotonic(), {}, {}
-        with closing(events):
-            for take in events:
-                event = take.event
-                if isinstance(event, session.Progress):
-                    latest[take.index] = event
-                    event = slowest(latest)
-                    if event.stage == "queue":
-                        progress((0, None), desc=f"Waiting for room in the batch ({event.done} ahead)")
-                    else:
-                        unit = "frames" if event.stage == "frames" else "diffusion steps"
-                        progress((event.done, event.total), desc="Generating", unit=unit)
-                    if time.monotonic() - shown > PROGRESS_EVERY:
-                        shown = time.monotonic()
-                        yield SKIP
-                elif isinstance(event, session.Result):
-                    results[take.index] = event
-        if len(results) == job.req.takes:
-            done = [results[k] for k in sorted(results)]
-            yield ([st.write(r.audio, r.sample_rate, r.seed, job.req.output_format) for r in done],
-                   [r.seed for r in done])
-            return
-    raise gr.Error("Generation ended without audio")
-
-
 def wire(st: Studio, page: Page) -> None:
     """The page's events and the API endpoint; everything but the generations skips the queue."""
     quick = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
@@ -514,7 +334,7 @@ def wire(st: Studio, page: Page) -> None:
     prompt_inputs = [page.fields["prompt"], page.fields["duration"]]
     gr.on([c.change for c in prompt_inputs], timeline_text, inputs=prompt_inputs, outputs=page.timeline, **quick)
     hint_inputs = [page.fields[k] for k in ("model_size", "stereo", "melody", "decoder")]
-    gr.on([c.change for c in hint_inputs], _hint, inputs=hint_inputs, outputs=page.hint, **quick)
+    gr.on([c.change for c in hint_inputs], hint, inputs=hint_inputs, outputs=page.hint, **quick)
     page.dice.click(studio.fresh_seed, outputs=page.fields["seed"], **quick)
     page.reuse.click(lambda s: gr.skip() if s is None else s, inputs=page.last_seed, outputs=page.fields["seed"],
                      **quick)

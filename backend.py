@@ -30,6 +30,7 @@ from musicgen import DownloadError, MusicGen, MusicGenError, media, session, stu
 from musicgen.serve import MAX_ROWS
 
 log = logging.getLogger("musicgen.app")
+PROGRESS_EVERY = 0.25  # seconds between progress updates to a client (also how soon a cancel is noticed)
 
 
 @dataclass(frozen=True)

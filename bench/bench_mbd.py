@@ -29,6 +29,7 @@ from musicgen.codec import EnCodec  # noqa: E402
 from musicgen.config import CodecConfig  # noqa: E402
 from musicgen.diffusion import MultiBandDiffusion  # noqa: E402
 from musicgen.unet import RES_KERNEL, TRANSFORMER_FFN, TRANSFORMER_LAYERS, UNetConfig  # noqa: E402
+from musicgen.waits import CALIBRATION, DiffusionClock  # noqa: E402
 
 SR, HOP = 32_000, 640
 LIKELY_UNET = dict(hidden=48, depth=4, res_blocks=1, norm_groups=4, kernel=8, stride=4, growth=4, max_channels=10_000,
@@ -137,7 +138,12 @@ def main() -> None:
           + f" (~{macs / 1e9:.0f} GMAC each, {2 * macs / 1e9 / (sum(per_band) / 4):.0f} GFLOP/s)")
 
     clip = codes[..., :clip_frames]
+    clock = DiffusionClock(mbd, HOP)
+    t_cal, wait = timed(clock.estimate, clip_frames * HOP / SR)
     t_clip, _ = timed(mbd.decode, clip, codec, torch.Generator().manual_seed(0))
+    print(f"the studio's expected time (waits.DiffusionClock, timed in {t_cal:.1f} s): {wait.seconds:.1f} s for "
+          f"{args.clip:g} s ({wait.per_call:.2f} s per call); measured {t_clip:.1f} s "
+          f"({100 * (wait.seconds / t_clip - 1):+.0f} %)")
     with torch.inference_mode():
         xc = torch.randn(1, 1, clip_frames * HOP)
         unet_clip = sum(timed(b.unet, xc, step, codec.latent(clip))[0] for b in mbd.bands)
@@ -147,6 +153,9 @@ def main() -> None:
     print(f"MBD decode of {args.seconds:g} s (extrapolated: 20 x per-band calls + scaled overhead): {estimate:.0f} s "
           f"= {estimate / 60:.1f} min, {estimate / t_codec:.0f}x EnCodec, "
           f"real-time factor {estimate / args.seconds:.1f}")
+    wait = DiffusionClock(mbd, HOP).estimate(frames * HOP / SR)  # from the short calibration alone
+    print(f"the studio's expected time for {args.seconds:g} s (calibrated on {CALIBRATION} s only): "
+          f"{wait.seconds:.0f} s ({100 * (wait.seconds / estimate - 1):+.0f} % from the extrapolation above)")
     if args.full:
         t_full, _ = timed(mbd.decode, codes, codec, torch.Generator().manual_seed(0))
         print(f"MBD decode of {args.seconds:g} s (measured): {t_full:.0f} s")

@@ -9,10 +9,10 @@ serve.Scheduler so they share decode steps (a decode step costs nearly the same 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import loudness, media, timeline
 from .errors import InvalidInputError, MusicGenError
 from .layout import QUANTIZE
-from .options import DECODERS, MAX_TAKES, GenerationOptions, ProgressFn, options, seed_of, take_seeds
+from .options import DECODERS, MAX_TAKES, GenerationOptions, options, seed_of, take_seeds
 
 if TYPE_CHECKING:
     from .pipeline import GenerationOutput, MusicGen
@@ -135,40 +135,24 @@ def read_clip(path: str | None, start: float, end: float | None, melody: bool) -
     return upload.clip
 
 
-def run_takes(mg: MusicGen, prompts: list[str], o: GenerationOptions, seeds: list[int],
-              bar: tqdm) -> list[GenerationOutput]:
-    """One generation per seed, all through one serve.Scheduler (sharing decode steps); their outputs."""
-    if len(seeds) == 1:
-        return [mg.generate(prompts, options=options(o, seed=seeds[0]), progress=_progress(bar, [0], [0], 0))]
-    from .generate import decode_rows
-    from .serve import Scheduler
+def run_takes(mg: MusicGen, prompts: list[str], o: GenerationOptions, takes: int, bar: tqdm
+              ) -> list[GenerationOutput]:
+    """One take: `MusicGen.generate`; several: `serve.generate_takes` (together, consecutive seeds). The bar
+    shows the sum of the takes' steps."""
+    steps, totals = [0] * takes, [0] * takes
+    lock = threading.Lock()
 
-    rows = decode_rows(len(timeline.pieces(prompts, o.duration)), o.cfg_coef)
-    steps, totals = [0] * len(seeds), [0] * len(seeds)
-    scheduler = Scheduler(mg, max_rows=rows * len(seeds))
-    try:
-        with ThreadPoolExecutor(len(seeds)) as pool:
-            futures = [pool.submit(scheduler.generate, prompts, options=options(o, seed=s),
-                                   progress=_progress(bar, steps, totals, k)) for k, s in enumerate(seeds)]
-            outs = [f.result() for f in futures]
-    finally:
-        scheduler.close()
-    return outs
-
-
-_BAR_LOCK = threading.Lock()
-
-
-def _progress(bar: tqdm, steps: list[int], totals: list[int], k: int) -> ProgressFn:
-    """progress(step, total) of take k, shown as the sum over the takes."""
-
-    def report(step: int, total: int) -> None:
-        with _BAR_LOCK:
+    def report(k: int, step: int, total: int) -> None:
+        with lock:
             steps[k], totals[k] = step, total
             bar.total = sum(totals)
             bar.update(sum(steps) - bar.n)
 
-    return report
+    if takes == 1:
+        return [mg.generate(prompts, options=o, progress=functools.partial(report, 0))]
+    from .serve import generate_takes
+
+    return generate_takes(mg, prompts, takes, options=o, progress=report)
 
 
 def show_timelines(prompts: list[str], o: GenerationOptions, head: float) -> None:
@@ -195,12 +179,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         fmt = output_format(args.output, args.wav24)
-        seeds = take_seeds(seed_of(options(seed=args.seed)), args.takes)
+        seed = take_seeds(seed_of(options(seed=args.seed)), args.takes)[0]  # (takes checked before loading)
         melody = read_clip(args.melody, args.melody_start, args.melody_end, melody=True)
         head = read_clip(args.continue_from, args.continue_start, args.continue_end, melody=False)
         o = options(duration=args.duration, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                     cfg_coef=args.cfg_coef, melody=melody, continue_from=head, extend_stride=args.extend_stride,
-                    decoder=args.decoder, normalize=args.loudness)
+                    decoder=args.decoder, normalize=args.loudness, seed=seed)
         show_timelines(args.prompts, o, 0.0 if head is None else head[0].shape[-1] / head[1])
         t0 = time.perf_counter()
         mg = MusicGen.from_pretrained(args.model, device=args.device, revision=args.revision,
@@ -208,15 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loaded {args.model} on {mg.device} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         bar = tqdm(total=None, unit="step", desc="generating", file=sys.stderr)
         t0 = time.perf_counter()
-        outs = run_takes(mg, args.prompts, o, seeds, bar)
+        outs = run_takes(mg, args.prompts, o, args.takes, bar)
         bar.close()
         elapsed = time.perf_counter() - t0
-        paths = output_paths(args.output, outs[0].audio.shape[0], len(seeds), fmt)
+        paths = output_paths(args.output, outs[0].audio.shape[0], args.takes, fmt)
         for i, path in enumerate(paths):
-            out = outs[i % len(seeds)]
+            out = outs[i % args.takes]
             path.parent.mkdir(parents=True, exist_ok=True)
-            written = media.write_audio(path, out.audio[i // len(seeds)].numpy(), out.sample_rate, fmt)
-            print(f"wrote {written}" + (f" (seed {out.seed})" if len(seeds) > 1 else ""), file=sys.stderr)
+            written = media.write_audio(path, out.audio[i // args.takes].numpy(), out.sample_rate, fmt)
+            print(f"wrote {written}" + (f" (seed {out.seed})" if args.takes > 1 else ""), file=sys.stderr)
     except MusicGenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from . import timeline
 from .errors import InvalidInputError
 from .generate import Generation, decode_rows, decode_steps
 from .lm import KVCache
-from .options import WINDOW, GenerationOptions, ProgressFn
+from .options import WINDOW, GenerationOptions, ProgressFn, seed_of, take_seeds
 from .options import options as make_options
 from .pipeline import GenerationOutput, MusicGen, StreamStep
 from .timeline import Prompts
@@ -300,6 +301,25 @@ class Scheduler:
         assert t.start is not None
         self.cache.give(t.start, t.rows)
         t.start = -1  # left: not waiting any more either
+
+
+def generate_takes(mg: MusicGen, prompts: Prompts, takes: int, duration: float | None = None, *,
+                   options: GenerationOptions | None = None, progress: Callable[[int, int, int], None] | None = None,
+                   **changes: Any) -> list[GenerationOutput]:
+    """`takes` variations of one request (1 to options.MAX_TAKES), made together through a scheduler of their own
+    so they share decode steps, with seeds seed, seed + 1, ... (a random first one when seed is None): take k is
+    exactly `Scheduler.generate` with its seed alone. `progress(take, step, total)` from the takes' threads."""
+    o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
+    seeds = take_seeds(seed_of(o), takes)
+    sched = Scheduler(mg, max_rows=decode_rows(len(timeline.pieces(prompts, o.duration)), o.cfg_coef) * takes)
+    try:
+        with ThreadPoolExecutor(takes) as pool:
+            futures = [pool.submit(sched.generate, prompts, options=make_options(o, seed=s),
+                                   progress=None if progress is None else functools.partial(progress, k))
+                       for k, s in enumerate(seeds)]
+            return [f.result() for f in futures]
+    finally:
+        sched.close()
 
 
 def _news(t: Ticket, seen: StreamStep | None, ahead: int | None) -> bool:

@@ -23,7 +23,10 @@ import torch
 from .diffusion import DecodeTiming, MultiBandDiffusion
 
 CONFIRM_ABOVE = 120.0  # seconds of expected diffusion after which the page asks first (issue 15: two minutes)
-CALIBRATION = (0.5, 1.0)  # seconds of audio each band network is timed on (after one warm-up call)
+# seconds of audio each band network is timed on (after one warm-up call): far enough apart that timing noise
+# barely moves the slope (0.5 and 1 s gave +19 % for 10 s in one run of bench/bench_mbd.py), short enough to
+# cost a few seconds (real-size band, 2 cores: 0.8 + 1.9 s, plus the warm-up)
+CALIBRATION = (0.5, 2.0)
 
 
 @dataclass(frozen=True)

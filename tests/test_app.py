@@ -13,6 +13,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from helpers.studio_server import Server
 
+import page_text
 from musicgen import dsp, serve, session
 
 
@@ -269,15 +270,14 @@ def test_trims_choose_the_part_of_the_file_used(client: Client, tmp_path) -> Non
 def test_a_timeline_prompt_shows_its_schedule() -> None:
     """Under the prompt: each part of the piece and the prompt it is made with (window by window), or what is
     wrong with the timeline; nothing for a plain prompt."""
-    import app
 
-    shown = app.timeline_text("0:00 ambient pads | 0:30 drums come in | 1:10 full band", 90)
+    shown = page_text.timeline_text("0:00 ambient pads | 0:30 drums come in | 1:10 full band", 90)
     assert shown.splitlines()[1:] == ["0:00–0:30: ambient pads  ", "0:30–0:48: drums come in  ",
                                       "0:48–1:06: drums come in  ", "1:06–1:24: drums come in  ",
                                       "1:24–1:30: full band"]
-    assert "beyond the end" in app.timeline_text("0:00 a | 0:40 b", 30)
-    assert "starts at 0:00" in app.timeline_text("0:10 a | 0:20 b", 90)
-    assert app.timeline_text("lofi beat", 90) == "" and app.timeline_text(None, 90) == ""
+    assert "beyond the end" in page_text.timeline_text("0:00 a | 0:40 b", 30)
+    assert "starts at 0:00" in page_text.timeline_text("0:10 a | 0:20 b", 90)
+    assert page_text.timeline_text("lofi beat", 90) == "" and page_text.timeline_text(None, 90) == ""
 
 
 def test_a_timeline_changes_the_later_window_not_the_first(client: Client) -> None:

@@ -12,7 +12,7 @@ from helpers.melody_checkpoints import build_melody_checkpoint
 
 from musicgen import InvalidInputError, MusicGen
 from musicgen.pipeline import GenerationOutput, StreamStep
-from musicgen.serve import Queued, Scheduler, SlotCache
+from musicgen.serve import Queued, Scheduler, SlotCache, generate_takes
 
 SR = 32000
 
@@ -159,6 +159,18 @@ def test_full_batch_queues_in_order_and_reuses_rows(int8: MusicGen) -> None:
         assert torch.equal(rest[-1].tokens, solo(int8, "c", {"duration": 0.5, "seed": 3}))
     finally:
         sched.close()
+
+
+def test_takes_are_made_together_with_consecutive_seeds(int8: MusicGen) -> None:
+    """serve.generate_takes (the CLI's --takes, and Python's): take k is its seed's piece alone."""
+    seen: set[int] = set()
+    outs = generate_takes(int8, "folk", 3, 1.0, seed=70, progress=lambda k, step, total: seen.add(k))
+    assert [o.seed for o in outs] == [70, 71, 72] and seen == {0, 1, 2}
+    for o in outs:
+        assert torch.equal(o.tokens, solo(int8, "folk", {"duration": 1.0, "seed": o.seed}))
+    assert not torch.equal(outs[0].tokens, outs[1].tokens)
+    with pytest.raises(InvalidInputError, match="takes must be a whole number from 1 to 4"):
+        generate_takes(int8, "folk", 5, 1.0)
 
 
 def test_memory_stays_bounded_over_many_joins(int8: MusicGen) -> None:

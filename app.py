@@ -27,7 +27,7 @@ import torch
 
 from api import D, api_generate, api_generate_takes
 from backend import PROGRESS_EVERY, Job, Studio, readable_input_errors, user_errors
-from musicgen import history, media, session, studio, timeline
+from musicgen import history, media, picture, session, studio, timeline
 from musicgen.layout import QUANTIZE
 from musicgen.loudness import DEFAULT_STRATEGY, STRATEGIES
 from musicgen.options import MAX_DURATION, MAX_TAKES
@@ -276,7 +276,7 @@ def _result_update(st: Studio, page: Page, job: Job, results: list[session.Resul
     update = {p: gr.update(value=files[k], label=f"Take {k + 1} · seed {results[k].seed}", visible=True)
               if several and k < len(files) else gr.update(value=None, visible=False) for k, p in enumerate(players)}
     elapsed = max(r.elapsed for r in results)
-    update |= {page.picture: media.render_picture(res.audio, res.sample_rate),
+    update |= {page.picture: picture.render_picture(res.audio, res.sample_rate),
                page.info: summary(results, job, st.cache.device), page.last_seed: res.seed,
                page.last_take: [history.entry(job.req, r.seed, job.ckpt.repo, r.seconds, f)
                                 for r, f in zip(results, files, strict=True)],

@@ -58,12 +58,21 @@ def options(base: GenerationOptions | None = None, **changes: Any) -> Generation
     return verify(replace(base or GenerationOptions(), **changes))
 
 
-def _number(name: str, value: object, lo: float = 0.0, hi: float = math.inf) -> float:
+def number(name: str, value: object, lo: float = 0.0, hi: float = math.inf) -> float:
+    """A finite number (not a bool) in [lo, hi], or an error naming the field and what it got."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+        raise InvalidInputError(f"{name} must be a number, got {value!r}")
     if not lo <= value <= hi:
         raise InvalidInputError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
     return float(value)
+
+
+def integer(name: str, value: object, lo: int, hi: int) -> int:
+    """A whole number in [lo, hi] (2.0 counts as 2: web forms send numbers as floats)."""
+    v = number(name, value, lo, hi)
+    if v != int(v):
+        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+    return int(v)
 
 
 def _pair(name: str, value: object) -> None:
@@ -83,9 +92,9 @@ def verify(o: GenerationOptions) -> GenerationOptions:
         raise InvalidInputError(f"duration {d} s is beyond the {MAX_DURATION:g} s limit")
     if isinstance(o.top_k, bool) or not isinstance(o.top_k, int) or o.top_k < 0:
         raise InvalidInputError(f"top_k must be a non-negative integer (0 = off), got {o.top_k!r}")
-    _number("top_p", o.top_p, 0.0, 1.0)
-    _number("temperature", o.temperature)
-    _number("cfg_coef", o.cfg_coef)
+    number("top_p", o.top_p, 0.0, 1.0)
+    number("temperature", o.temperature)
+    number("cfg_coef", o.cfg_coef)
     if o.seed is not None and (isinstance(o.seed, bool) or not isinstance(o.seed, int)
                                or not 0 <= o.seed < 2**SEED_BITS):
         raise InvalidInputError(f"seed must be an integer in [0, 2**{SEED_BITS}), got {o.seed!r}")

@@ -8,7 +8,6 @@ Nothing here imports Gradio: app.py maps `MusicGenError` to `gr.Error` and draws
 from __future__ import annotations
 
 import gc
-import math
 import secrets
 import threading
 import time
@@ -22,7 +21,7 @@ import torch
 from .errors import InvalidInputError
 from .loudness import DEFAULT_STRATEGY, STRATEGIES
 from .media import FORMATS
-from .options import DECODERS, MAX_DURATION, MAX_TAKES
+from .options import DECODERS, MAX_DURATION, MAX_TAKES, integer, number
 from .pipeline import MusicGen, default_device
 from .serve import Scheduler
 
@@ -119,21 +118,6 @@ class Request:
     takes: int = 1  # variations made together, seeds seed, seed + 1, ... (options.MAX_TAKES at most)
 
 
-def _number(name: str, value: object, lo: float, hi: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInputError(f"{name} must be a number, got {value!r}")
-    if not lo <= value <= hi:
-        raise InvalidInputError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
-    return float(value)
-
-
-def _integer(name: str, value: object, lo: int, hi: int) -> int:
-    v = _number(name, value, lo, hi)
-    if v != int(v):
-        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
-    return int(v)
-
-
 def parse_seed(seed: object) -> int | None:
     """None, "" or a negative number: random; else an integer in [0, MAX_SEED]."""
     if seed is None or seed == "":
@@ -145,7 +129,7 @@ def parse_seed(seed: object) -> int | None:
             raise InvalidInputError(f"seed must be a whole number (or -1 for random), got {seed!r}") from None
     if isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0:
         return None
-    return _integer("seed", seed, 0, MAX_SEED)
+    return integer("seed", seed, 0, MAX_SEED)
 
 
 def fresh_seed() -> int:
@@ -170,7 +154,7 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidInputError(f"the prompt is {len(prompt)} characters long; keep it under {MAX_PROMPT_CHARS} "
                                 "(the text encoder reads at most 512 tokens)")
-    duration = _number("duration", duration, MIN_DURATION, MAX_DURATION)
+    duration = number("duration", duration, MIN_DURATION, MAX_DURATION)
     if model_size not in SIZES:
         raise InvalidInputError(f"model_size must be one of {', '.join(SIZES)}, got {model_size!r}")
     if not isinstance(stereo, bool):
@@ -184,20 +168,20 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
     if output_format not in FORMATS:
         raise InvalidInputError(f"output_format must be one of {', '.join(FORMATS)}, got {output_format!r}")
     return Request(prompt, duration, str(model_size), stereo, str(decoder), melody_path,
-                   _integer("top_k", top_k, 0, 2048), _number("top_p", top_p, 0.0, 1.0),
-                   _number("temperature", temperature, 0.0, 10.0), _number("cfg_coef", cfg_coef, 0.0, 100.0),
+                   integer("top_k", top_k, 0, 2048), number("top_p", top_p, 0.0, 1.0),
+                   number("temperature", temperature, 0.0, 10.0), number("cfg_coef", cfg_coef, 0.0, 100.0),
                    parse_seed(seed), continue_path, str(loudness), str(output_format),
                    _trim("melody", melody_start, melody_end), _trim("continue", continue_start, continue_end),
-                   _integer("takes", takes, 1, MAX_TAKES))
+                   integer("takes", takes, 1, MAX_TAKES))
 
 
 def _trim(name: str, start: object, end: object) -> tuple[float, float | None]:
     """[start, end) seconds of an upload: start 0 or more (empty: 0), end after it (empty, 0 or -1: the file's end;
     Replicate's continuation_end uses -1)."""
-    start = 0.0 if start is None or start == "" else _number(f"{name}_start", start, 0.0, 3600.0)
+    start = 0.0 if start is None or start == "" else number(f"{name}_start", start, 0.0, 3600.0)
     if end is None or end == "" or (isinstance(end, (int, float)) and not isinstance(end, bool) and end in (0, -1)):
         return start, None
-    end = _number(f"{name}_end", end, 0.0, 3600.0)
+    end = number(f"{name}_end", end, 0.0, 3600.0)
     if end <= start:
         raise InvalidInputError(f"{name}_end ({end:g} s) must come after {name}_start ({start:g} s)")
     return start, end

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from PIL import Image
 
 from musicgen import InvalidInputError, dsp, media
 
@@ -353,25 +352,12 @@ def test_ffmpeg_fallback_decodes(tmp_path: Path) -> None:
     assert 0.25 < np.abs(up.wave).max() <= 1.0
 
 
-# ------------------------------------------------------------------------------------------- WAV, uploads, picture
+# ------------------------------------------------------------------------------------------- WAV, uploads
 def test_wav_bytes_round_trip() -> None:
     audio = np.stack([np.linspace(-1, 1, 1000), np.zeros(1000)]).astype(np.float32)
     data, sr = sf.read(io.BytesIO(media.wav_bytes(audio, 32000)), dtype="float32", always_2d=True)
     assert sr == 32000 and data.shape == (1000, 2)
     assert np.abs(data.T - audio).max() < 1e-4
-
-
-def test_picture(tmp_path) -> None:
-    t = np.arange(32000 * 2) / 32000
-    sweep = (0.5 * np.sin(2 * np.pi * (200 + 1000 * t) * t)).astype(np.float32)
-    for channels in (1, 2):
-        img = media.render_picture(np.stack([sweep] * channels), 32000)
-        assert isinstance(img, Image.Image) and img.width == 960
-        pixels = np.asarray(img)
-        assert pixels.std() > 10  # something was drawn
-    img.save(tmp_path / "pic.png")
-    empty = media.render_picture(np.zeros((1, 0), np.float32), 32000)
-    assert empty.height > 0
 
 
 def test_melody_files(tmp_path) -> None:

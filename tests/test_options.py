@@ -32,7 +32,7 @@ def test_options_replaces_and_keeps_the_base() -> None:
     ({"top_k": True}, "top_k"),
     ({"top_p": 2}, "top_p must be between 0 and 1"),
     ({"temperature": -1}, "temperature"),
-    ({"cfg_coef": "3"}, "cfg_coef must be a finite number"),
+    ({"cfg_coef": "3"}, "cfg_coef must be a number"),
     ({"seed": 2**63}, "seed"),
     ({"melody": "tune.wav"}, "melody must be a .wave, sample_rate. pair"),
     ({"continue_from": (1, 2, 3)}, "continue_from must be"),

@@ -20,7 +20,7 @@ from .sampling import SamplingParams, delay_columns, sample, undelay
 
 StepFn = Callable[..., torch.Tensor]  # decode_step's signature
 TextFn = Callable[[Window], tuple[torch.Tensor, torch.Tensor]]  # T5 states [B, L, D_text], mask [B, L] of a window
-ChromaFn = Callable[[Window], torch.Tensor | None]  # one-hot chroma [B, C, 12] of a window (melody models)
+ChromaFn = Callable[[Window], torch.Tensor | None]  # one-hot chroma [B, F, 12] of a window (melody models)
 AllocFn = Callable[[int, int], KVCache]  # (rows, slots) -> an empty cache for one window
 
 

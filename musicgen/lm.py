@@ -212,8 +212,8 @@ class LM(nn.Module):
 
     def condition(self, text: torch.Tensor, mask: torch.Tensor, guided: bool,
                   chroma: torch.Tensor | None = None) -> Condition:
-        """T5 states [B, L, D_text] with mask [B, L] (and one-hot chroma [B, C, 12] for melody models) ->
-        the conditioning of a batch of B, or of 2B rows [cond; uncond] when guided. The unconditional rows
+        """T5 states [B, L, D_text] with mask [B, L] (and one-hot chroma [B, F, 12], F chroma frames, for melody
+        models) -> the conditioning of a batch of B, or of 2B rows [cond; uncond] when guided. The unconditional rows
         get zero text (and the null melody, bin 0); on melody models they keep their row's text length, as
         in audiocraft and transformers, where the null text is zeros of the padded length."""
         x = text.to(self.dtype)

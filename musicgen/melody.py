@@ -123,7 +123,8 @@ class ChromaExtractor:
         return chroma.repeat(1, n, 1)[:, : self.cfg.chroma_length]
 
     def null(self, batch: int) -> torch.Tensor:
-        """The 'no melody' condition: one-hot on bin 0 for every frame (not zeros) -> [batch, L, 12]."""
+        """The 'no melody' condition: one-hot on bin 0 for every frame (not zeros) -> [batch, F, 12], F =
+        chroma_length."""
         c = torch.zeros(batch, self.cfg.chroma_length, self.cfg.num_chroma)
         c[..., 0] = 1.0
         return c

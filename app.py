@@ -234,11 +234,11 @@ def _page_events(st: Studio, page: Page, run: str, confirmed: bool, started: flo
         size = f"≈{job.ckpt.download_gb:g} GB download on first use"
         yield clear | {page.status: status_html(f"Loading {job.ckpt.repo} ({size})…")}
     mg = st.model(job)
-    if job.req.decoder == "mbd" and not confirmed and st.cache.device.type == "cpu":
+    if st.slow_diffusion(job) and not confirmed:
         yield clear | {page.status: status_html("Preparing the multi-band diffusion decoder (downloaded on first use, "
                                                 "then timed on this machine)…")}
         wait = st.diffusion_wait(job, mg)
-        if wait is not None and wait.seconds > st.confirm_above:
+        if wait.seconds > st.confirm_above:
             yield {page.status: status_html("Waiting for your choice", 0.0), page.confirm: gr.update(visible=True),
                    page.confirm_text: wait_text(job, wait)}
             return

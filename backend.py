@@ -79,15 +79,17 @@ class Studio:
         studio.check_prompt_tokens(mg, job.req.prompt)
         return mg
 
-    def diffusion_wait(self, job: Job, mg: MusicGen) -> waits.Wait | None:
-        """How long this job's multi-band diffusion decode is expected to take on this CPU (timed here on first
-        use, after the decoder's download); None for EnCodec or on a GPU (seconds there)."""
-        if job.req.decoder != "mbd" or self.cache.device.type != "cpu":
-            return None
+    def slow_diffusion(self, job: Job) -> bool:
+        """Will this job's decode be multi-band diffusion on a CPU (minutes; seconds on a GPU)?"""
+        return job.req.decoder == "mbd" and self.cache.device.type == "cpu"
+
+    def diffusion_wait(self, job: Job, mg: MusicGen) -> waits.Wait:
+        """How long this job's multi-band diffusion decode is expected to take (timed here on first use, after
+        the decoder's download)."""
         mbd = mg.mbd
         clock = self._clocks.get(mbd)
         if clock is None:
-            clock = self._clocks.setdefault(mbd, waits.DiffusionClock(mbd, round(mg.sample_rate / mg.frame_rate)))
+            clock = self._clocks.setdefault(mbd, waits.DiffusionClock(mbd, mg.cfg.codec.hop_length))
         return clock.estimate(job.req.duration, mg.audio_channels, job.req.takes)
 
     def _run_events(self, repo: str, req: studio.Request, melody: session.Clip | None,

@@ -60,10 +60,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--continue", dest="continue_from", default=None, metavar="FILE",
                    help="audio file to continue (the part used shorter than 30 s): the output starts with it, "
                    "--duration counts the whole result")
-    p.add_argument("--continue-start", type=float, default=0.0, metavar="SECONDS",
-                   help="use the audio to continue from this time in its file [0]")
-    p.add_argument("--continue-end", type=float, default=None, metavar="SECONDS",
-                   help="... up to this time [the end of the file]")
+    trim_flags(p, "continue", "the audio to continue", "the end of the file")
     p.add_argument("--model", default="facebook/musicgen-small",
                    help="Hub repo id or local checkpoint folder [facebook/musicgen-small]")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit [main]")
@@ -79,10 +76,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--melody", default=None, metavar="FILE",
                    help="audio file (wav/flac/ogg/mp3) whose tune conditions a melody checkpoint, e.g. "
                    "--model facebook/musicgen-melody; 30 s of it are used at most")
-    p.add_argument("--melody-start", type=float, default=0.0, metavar="SECONDS",
-                   help="use the melody from this time in its file [0]")
-    p.add_argument("--melody-end", type=float, default=None, metavar="SECONDS",
-                   help="... up to this time [the end of the file, 30 s at most]")
+    trim_flags(p, "melody", "the melody", "the end of the file, 30 s at most")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available, else cpu]")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="language-model precision [float16 on CUDA, float32 on CPU]")
@@ -93,6 +87,13 @@ def parser() -> argparse.ArgumentParser:
                    help="int8 language model: ~2.6x faster than float32 on CPU, slightly different output; "
                    "int8-weight-only keeps float activations (closer to float32, ~20 %% slower)")
     return p
+
+
+def trim_flags(p: argparse.ArgumentParser, name: str, what: str, end: str) -> None:
+    """--NAME-start / --NAME-end: the part of the file that is used."""
+    p.add_argument(f"--{name}-start", type=float, default=0.0, metavar="SECONDS",
+                   help=f"use {what} from this time in its file [0]")
+    p.add_argument(f"--{name}-end", type=float, default=None, metavar="SECONDS", help=f"... up to this time [{end}]")
 
 
 def output_format(output: str, wav24: bool = False) -> str:

@@ -137,7 +137,7 @@ class Scheduler:
         `stopped()` turning true (polled every STOP_POLL seconds: for a reader in another thread, which cannot
         close a generator that is waiting, e.g. a visitor who leaves while still in line)."""
         o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
-        rows = decode_rows(len(timeline.pieces(prompts, o.duration)), o.cfg_coef)
+        rows = request_rows(prompts, o)
         if rows > self.max_rows:
             raise InvalidInputError(f"these prompts need {rows} rows; this server runs at most {self.max_rows} "
                                     "at once")
@@ -303,6 +303,11 @@ class Scheduler:
         t.start = -1  # left: not waiting any more either
 
 
+def request_rows(prompts: Prompts, o: GenerationOptions) -> int:
+    """Decode-step rows one request takes: its prompts (a timeline is one), twice under guidance."""
+    return decode_rows(len(timeline.pieces(prompts, o.duration)), o.cfg_coef)
+
+
 def generate_takes(mg: MusicGen, prompts: Prompts, takes: int, duration: float | None = None, *,
                    options: GenerationOptions | None = None, progress: Callable[[int, int, int], None] | None = None,
                    **changes: Any) -> list[GenerationOutput]:
@@ -311,7 +316,7 @@ def generate_takes(mg: MusicGen, prompts: Prompts, takes: int, duration: float |
     exactly `Scheduler.generate` with its seed alone. `progress(take, step, total)` from the takes' threads."""
     o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
     seeds = take_seeds(seed_of(o), takes)
-    sched = Scheduler(mg, max_rows=decode_rows(len(timeline.pieces(prompts, o.duration)), o.cfg_coef) * takes)
+    sched = Scheduler(mg, max_rows=request_rows(prompts, o) * takes)
     try:
         with ThreadPoolExecutor(takes) as pool:
             futures = [pool.submit(sched.generate, prompts, options=make_options(o, seed=s),

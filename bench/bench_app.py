@@ -43,12 +43,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from gradio_client import Client
 
-    import app
     from musicgen import MusicGen
+    from musicgen.studio import backend, launch
 
-    st = app.Studio(device="cpu", batch_rows=args.batch_rows, threads=args.threads)
+    st = backend.Studio(device="cpu", batch_rows=args.batch_rows, threads=args.threads)
     st.cache._loader = lambda repo: MusicGen.from_pretrained(folder, device="cpu", quantize="int8")
-    demo, url = app.serve(st, prevent_thread_lock=True, quiet=True)
+    demo, url = launch.serve(st, prevent_thread_lock=True, quiet=True)
     client = Client(url, verbose=False)
     client.predict(prompt="warm up", duration=1, seed=0, api_name="/generate")
     app_s = []
@@ -56,12 +56,12 @@ def main() -> None:
         t0 = time.perf_counter()
         client.predict(prompt=f"lofi hip hop beat {i}", duration=args.duration, seed=i, api_name="/generate")
         app_s.append(time.perf_counter() - t0)
-    mg, engine = st.cache.engine("facebook/musicgen-small")
     engine_s = []
-    for i in range(args.requests):
-        t0 = time.perf_counter()
-        engine.generate(f"lofi hip hop beat {i}", args.duration, seed=i)
-        engine_s.append(time.perf_counter() - t0)
+    with st.cache.lease("facebook/musicgen-small") as (_, engine):
+        for i in range(args.requests):
+            t0 = time.perf_counter()
+            engine.generate(f"lofi hip hop beat {i}", args.duration, seed=i)
+            engine_s.append(time.perf_counter() - t0)
     demo.close()
     print(f"{args.requests} requests of {args.duration:g} s in a row, batch rows {args.batch_rows}, "
           f"{args.threads} threads")

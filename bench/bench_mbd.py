@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 from musicgen.codec import EnCodec  # noqa: E402
 from musicgen.config import CodecConfig  # noqa: E402
 from musicgen.diffusion import MultiBandDiffusion  # noqa: E402
+from musicgen.studio.waits import CALIBRATION, DiffusionClock  # noqa: E402
 from musicgen.unet import RES_KERNEL, TRANSFORMER_FFN, TRANSFORMER_LAYERS, UNetConfig  # noqa: E402
-from musicgen.waits import CALIBRATION, DiffusionClock  # noqa: E402
 
 SR, HOP = 32_000, 640
 LIKELY_UNET = dict(hidden=48, depth=4, res_blocks=1, norm_groups=4, kernel=8, stride=4, growth=4, max_channels=10_000,

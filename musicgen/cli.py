@@ -1,7 +1,7 @@
 """Command line: `python -m musicgen "lofi hip hop beat" --duration 8 -o out.wav`.
 
 The output format is the `-o` file's extension (.wav 16-bit, or 24-bit with --wav24; .flac; .mp3; .ogg:
-media.write_audio). A prompt may be a timeline, "0:00 ambient pads | 0:30 drums come in" (timeline.py).
+audio_io.write_audio). A prompt may be a timeline, "0:00 ambient pads | 0:30 drums come in" (timeline.py).
 `--takes N` makes N variations of every prompt with consecutive seeds, run together through one
 serve.Scheduler so they share decode steps (a decode step costs nearly the same for 2 rows as for 8).
 """
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
-from . import loudness, media, timeline
+from . import audio_io, loudness, timeline
 from .errors import InvalidInputError, MusicGenError
 from .layout import QUANTIZE
 from .options import DECODERS, MAX_TAKES, GenerationOptions, options, seed_of, take_seeds
@@ -97,8 +97,8 @@ def trim_flags(p: argparse.ArgumentParser, name: str, what: str, end: str) -> No
 
 
 def output_format(output: str, wav24: bool = False) -> str:
-    """The media.FORMATS name the output file asks for (a name without extension: wav)."""
-    fmt = media.format_of_path(output) if Path(output).suffix else "wav"
+    """The audio_io.FORMATS name the output file asks for (a name without extension: wav)."""
+    fmt = audio_io.format_of_path(output) if Path(output).suffix else "wav"
     if wav24 and fmt != "wav":
         raise InvalidInputError(f"--wav24 writes 24-bit WAV, but the output {Path(output).name} is {fmt}: name it "
                                 ".wav or leave out --wav24")
@@ -110,9 +110,9 @@ def output_paths(output: str, n: int, takes: int = 1, fmt: str = "wav") -> list[
     several prompts; NAME-take1.ext, ... (NAME-0-take1.ext, ...) for several takes. The extension is the
     format's (added when the name has none)."""
     out = Path(output)
-    suffix = media.FORMATS[fmt][0]
+    suffix = audio_io.FORMATS[fmt][0]
     if out.suffix.lower() != suffix:  # "song.WAV" stays as it is
-        out = out.with_suffix(suffix) if out.suffix.lower() in media.SUFFIXES else Path(f"{out}{suffix}")
+        out = out.with_suffix(suffix) if out.suffix.lower() in audio_io.SUFFIXES else Path(f"{out}{suffix}")
     names = [out.stem] if n == 1 else [f"{out.stem}-{i}" for i in range(n)]
     if takes > 1:
         names = [f"{name}-take{k}" for name in names for k in range(1, takes + 1)]
@@ -120,7 +120,7 @@ def output_paths(output: str, n: int, takes: int = 1, fmt: str = "wav") -> list[
 
 
 def read_clip(path: str | None, start: float, end: float | None, melody: bool) -> tuple[Any, int] | None:
-    """An audio file -> the engine's (wave, rate), [start, end) seconds of it, read by media.load_melody /
+    """An audio file -> the engine's (wave, rate), [start, end) seconds of it, read by audio_io.load_melody /
     load_continuation (bounded decoding, clear errors); their notice goes to stderr."""
     if path is None:
         if start != 0.0 or end is not None:
@@ -130,7 +130,7 @@ def read_clip(path: str | None, start: float, end: float | None, melody: bool) -
     what = "melody" if melody else "audio to continue"
     if not Path(path).is_file():
         raise InvalidInputError(f"cannot read the {what} file {path}: there is no such file")
-    upload = (media.load_melody if melody else media.load_continuation)(path, start, end)
+    upload = (audio_io.load_melody if melody else audio_io.load_continuation)(path, start, end)
     if upload.notice:
         print(upload.notice, file=sys.stderr)
     return upload.clip
@@ -165,13 +165,8 @@ def show_timelines(prompts: list[str], o: GenerationOptions, head: float) -> Non
         spans = timeline.schedule(entries, o.duration, o.extend_stride, head=head)
         where = f"prompt {i}: " if len(prompts) > 1 else ""
         print(where + "; ".join(f"{timeline.fmt(a)}-{timeline.fmt(b)} {p!r}" for a, b, p in spans), file=sys.stderr)
-        played = {max(t for t, _ in entries if t <= a + 1e-6) for a, _, _ in spans}  # the entry each window plays
-        for t, p in entries:
-            if t not in played:
-                starts = ", ".join(timeline.fmt(a) for a, _, _ in spans)
-                print(f"note: {timeline.fmt(t)} {p!r} is not played: a window plays the prompt in force where its "
-                      f"new audio starts ({starts}); move it earlier, make the piece longer or lower --extend-stride",
-                      file=sys.stderr)
+        for note in timeline.unheard(entries, o.duration, o.extend_stride, head=head):
+            print(f"note: {note}; move it earlier, make the piece longer or lower --extend-stride", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, path in enumerate(paths):
             out = outs[i % args.takes]
             path.parent.mkdir(parents=True, exist_ok=True)
-            written = media.write_audio(path, out.audio[i // args.takes].numpy(), out.sample_rate, fmt)
+            written = audio_io.write_audio(path, out.audio[i // args.takes].numpy(), out.sample_rate, fmt)
             print(f"wrote {written}" + (f" (seed {out.seed})" if args.takes > 1 else ""), file=sys.stderr)
     except MusicGenError as e:
         print(f"error: {e}", file=sys.stderr)

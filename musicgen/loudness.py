@@ -104,3 +104,11 @@ def normalize(audio: Audio, sample_rate: int, strategy: str = DEFAULT_STRATEGY, 
     out = _normalized(wav if wav.dim() == 2 else wav[None], sample_rate, strategy, normalize, peak_clip_headroom_db,
                       rms_headroom_db, loudness_headroom_db, loudness_compressor).reshape(wav.shape)
     return out.numpy() if is_numpy else out.to(source.device)
+
+
+def level_items(audio: torch.Tensor, sample_rate: int, strategy: str) -> torch.Tensor:
+    """audio [B, C, S] -> each item [C, S] levelled on its own by `strategy` (one gain for all its channels);
+    "none" returns `audio` itself."""
+    if strategy == "none":
+        return audio
+    return torch.stack([normalize(item, sample_rate, strategy) for item in audio])

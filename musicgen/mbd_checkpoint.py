@@ -28,6 +28,7 @@ from huggingface_hub import hf_hub_download
 from safetensors.torch import save_file
 
 from .convert import CONVERTED, safe_torch_load
+from .diffusion_schedule import SampleProcessor
 from .errors import CheckpointError
 from .hub import hub_errors
 from .unet import UNetConfig, expected_state_shapes
@@ -189,8 +190,6 @@ def expected_shapes(cfg: Mapping[str, Any], sample_rate: int, where: str) -> dic
     """Every tensor a band's state must hold, as audiocraft's strict loads require: the DiffusionUnet's state
     dict, then the processor's under PROCESSOR_PREFIX (audiocraft's MultiBandProcessor when processor.use:
     statistics and julius' band-split filters; nothing for the plain SampleProcessor)."""
-    from .diffusion import SampleProcessor  # diffusion imports this module: resolved at call time
-
     want = expected_state_shapes(UNetConfig.from_band_cfg(cfg, where))
     processor = SampleProcessor(cfg.get("processor") or {}, sample_rate, where)
     want.update({PROCESSOR_PREFIX + k: tuple(t.shape) for k, t in processor.state_dict().items()})

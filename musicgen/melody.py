@@ -16,7 +16,7 @@ from .errors import InvalidInputError
 
 A440_OCTAVE_DIVISOR = 16  # librosa: octaves are counted from A440 / 16 (A0 = 27.5 Hz)
 # Two silence checks, different on purpose: the engine refuses only digital silence (its chroma would be
-# rounding noise), while the web app refuses an upload with no audible tune (media.load_audio), a stricter bar
+# rounding noise), while the web app refuses an upload with no audible tune (audio_io.load_audio), a stricter bar
 # that would be wrong for a Python caller's quiet but deliberate input.
 SILENCE = 1e-5  # -100 dBFS: below this peak the engine calls a melody silent
 QUIET_UPLOAD = 10 ** (-60 / 20)  # -60 dBFS: an uploaded melody or clip whose peak is below this carries no tune

@@ -12,22 +12,21 @@ from einops import rearrange
 
 from . import codec as codec_mod
 from . import lm as lm_mod
-from . import loudness, timeline
+from . import loudness
 from . import text as text_mod
 from .codec import EnCodec
 from .config import MusicGenConfig
 from .convert import weights_folder
 from .diffusion import MultiBandDiffusion
 from .errors import InvalidInputError
-from .generate import Generation, StepFn, TextFn, decode_step, decode_steps
+from .generate import StepFn, decode_step, decode_steps
 from .hub import resolve
 from .layout import QUANTIZE, dynamic_int8_available, int8_available
 from .lm import LM
-from .longform import Window, frames_of, melody_wave, plan_windows, prepare_prompt_audio, window_chroma
 from .melody import ChromaExtractor
-from .options import MAX_DURATION, WINDOW, Clip, GenerationOptions, ProgressFn, check_tokens, seed_of
+from .options import MAX_DURATION, WINDOW, GenerationOptions, ProgressFn, check_tokens, seed_of
 from .options import options as make_options
-from .sampling import SamplingParams
+from .prepare import prepare
 from .streaming import StreamDecoder, can_stream
 from .text import T5Encoder, TextTokenizer
 from .timeline import Prompts
@@ -223,7 +222,7 @@ class MusicGen:
         output's `audio`, or with "mbd" its `audio_encodec`, is then None), for callers that decode the
         StreamSteps as they come (streaming.StreamDecoder)."""
         o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
-        gen, seed = self.prepare(prompts, o)
+        gen, seed = prepare(self, prompts, o)
         mbd = self.mbd if o.decoder == "mbd" else None  # fetched before the long part, so a download error is early
         total = gen.total + (mbd.total_steps if mbd is not None else 0)
         gen.begin()
@@ -232,37 +231,6 @@ class MusicGen:
             yield StreamStep(gen.step, total, gen.frames().cpu())
         yield self.output(gen.frames(), o.decoder, seed, decode=decode, progress=progress, steps_before=gen.total,
                           normalize=o.normalize)
-
-    def prepare(self, prompts: Prompts, o: GenerationOptions) -> tuple[Generation, int]:
-        """What a generation needs before its first decode step (checks, text states of every window, the
-        user's audio encoded, the windows), not begun yet; and its seed."""
-        pieces = timeline.pieces(prompts, o.duration)
-        frames, B, seed = self._frames(o.duration), len(pieces), seed_of(o)
-        wave = melody_wave(self.chroma, o.melody, B, frames / self.frame_rate, self.name)
-        head = self._encode_head(o.continue_from, B, frames, o.duration)
-        window, stride = round(WINDOW * self.frame_rate), round(o.extend_stride * self.frame_rate)
-        plan = plan_windows(frames, window, stride, head.shape[-1])
-        text_of = self._text_of(pieces, plan)
-        params = SamplingParams(o.top_k, float(o.top_p), float(o.temperature), float(o.cfg_coef))
-        generator = torch.Generator(self.device).manual_seed(seed)
-
-        def chroma_of(w: Window) -> torch.Tensor | None:
-            if self.chroma is None:
-                return None
-            return window_chroma(self.chroma, wave, B, w, len(plan) > 1, self.frame_rate, WINDOW).to(self.device)
-
-        return Generation(self.lm, text_of, plan, params, generator, head, chroma_of), seed
-
-    def _text_of(self, pieces: list[timeline.Timeline], plan: list[Window]) -> TextFn:
-        """window -> T5 states [B, L, D_text] and mask [B, L] of the prompts in force where its new audio
-        starts, one per piece; each distinct set of prompts is encoded once, all of them now (in `prepare`, not
-        between decode steps). Without a timeline: one set, the prompts as given."""
-
-        def prompts_of(w: Window) -> tuple[str, ...]:
-            return tuple(timeline.in_force(p, (w.offset + w.prompt) / self.frame_rate) for p in pieces)
-
-        encoded = {key: self.encode_text(list(key)) for key in dict.fromkeys(map(prompts_of, plan))}
-        return lambda w: encoded[prompts_of(w)]
 
     def output(self, tokens: torch.Tensor, decoder: str, seed: int, *, decode: bool = True,
                progress: ProgressFn | None = None, steps_before: int = 0,
@@ -273,36 +241,13 @@ class MusicGen:
         if normalize not in loudness.STRATEGIES:  # before the work: GenerationOptions checked it already
             raise InvalidInputError(f"normalize must be one of {', '.join(loudness.STRATEGIES)}, got {normalize!r}")
         release_free_memory()  # the KV cache's pages go back to the OS before the decoder needs its own
-        audio = self._level(self.decode(tokens), normalize) if decode else None
+        audio = loudness.level_items(self.decode(tokens), self.sample_rate, normalize) if decode else None
         if decoder != "mbd":
             return GenerationOutput(audio, tokens.cpu(), self.sample_rate, seed)
         total = steps_before + self.mbd.total_steps
         tick = (lambda s, _: progress(steps_before + s, total)) if progress is not None else None
-        mbd = self._level(self.decode(tokens, "mbd", seed=seed, progress=tick), normalize)
+        mbd = loudness.level_items(self.decode(tokens, "mbd", seed=seed, progress=tick), self.sample_rate, normalize)
         return GenerationOutput(mbd, tokens.cpu(), self.sample_rate, seed, audio_encodec=audio)
-
-    def _level(self, audio: torch.Tensor, strategy: str) -> torch.Tensor:
-        """audio [B, C, S] -> each item [C, S] levelled on its own (one gain for all its channels)."""
-        if strategy == "none":
-            return audio
-        return torch.stack([loudness.normalize(item, self.sample_rate, strategy) for item in audio])
-
-    def _encode_head(self, clip: Clip | None, batch: int, frames: int, duration: float) -> torch.Tensor:
-        """The frames the piece starts with [B, K, P]: the user's audio to continue, encoded (P = 0 without)."""
-        if clip is None:
-            return torch.zeros(batch, self.num_codebooks, 0, dtype=torch.long, device=self.device)
-        audio = prepare_prompt_audio(clip[0], clip[1], batch, self.audio_channels, self.sample_rate, WINDOW)
-        if frames_of(audio.shape[-1], self.cfg.codec.hop_length) >= frames:
-            raise InvalidInputError(f"duration {duration} s must be longer than the prompt audio "
-                                    f"({audio.shape[-1] / self.sample_rate:.2f} s)")
-        codes = self.codec.encode(audio.to(self.device))  # [B * C, Q, T]
-        return rearrange(codes, "(b c) q t -> b (q c) t", b=batch)  # stereo: L0 R0 L1 R1 ...
-
-    def _frames(self, duration: float) -> int:
-        frames = round(duration * self.frame_rate)
-        if frames < 1:
-            raise InvalidInputError(f"duration {duration} s is shorter than one frame ({1 / self.frame_rate} s)")
-        return frames
 
 
 def finish(events: Iterator[StreamStep | GenerationOutput], progress: ProgressFn | None) -> GenerationOutput:

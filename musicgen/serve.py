@@ -37,6 +37,7 @@ from .lm import KVCache
 from .options import WINDOW, GenerationOptions, ProgressFn, seed_of, take_seeds
 from .options import options as make_options
 from .pipeline import GenerationOutput, MusicGen, StreamStep
+from .prepare import prepare
 from .timeline import Prompts
 
 MAX_ROWS = 16  # 8 guided requests: measured on 2 CPU cores (int8), a step of 16 rows costs ~2.3x one of 2
@@ -259,7 +260,7 @@ class Scheduler:
         matrix product's last bits depend on the thread count), then its first window is set up."""
         start = t.start
         assert start is not None
-        t.gen, t.seed = self.mg.prepare(t.prompts, t.options)
+        t.gen, t.seed = prepare(self.mg, t.prompts, t.options)
         assert t.gen.rows == t.rows, (t.gen.rows, t.rows)
         t.gen.begin(lambda rows, slots: self.cache.view(start, rows, slots))
 

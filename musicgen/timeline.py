@@ -173,3 +173,26 @@ def schedule(entries: Sequence[tuple[float, str]], duration: float, extend_strid
     "0:00 a | 0:20 b" -> [(0, 30, "a"), (30, 40, "b")]."""
     return [(start, end, in_force(entries, start)) for start, end in window_starts(duration, extend_stride, head,
                                                                                      frame_rate)]
+
+
+def unheard(entries: Sequence[tuple[float, str]], duration: float, extend_stride: float, *, head: float = 0.0,
+            frame_rate: float = FRAME_RATE) -> list[str]:
+    """A sentence for each entry that no window of the piece plays (see the module docstring: a change is heard
+    from the first window start at or after its time), naming it and the earliest time it could take effect."""
+    spans = schedule(entries, duration, extend_stride, head=head, frame_rate=frame_rate)
+    played = {max(t for t, _ in entries if t <= a + 1e-6) for a, _, _ in spans}  # the entry each window plays
+    notes = []
+    for t, p in entries:
+        if t in played:
+            continue
+        # window starts do not depend on the length of the piece beyond them: plan a piece long enough to reach t
+        longer = window_starts(max(duration, t) + WINDOW + extend_stride, extend_stride, head, frame_rate)
+        earliest = next(a for a, _ in longer if a >= t - 1e-6)
+        later = [(u, q) for u, q in entries if t < u <= earliest + 1e-6]
+        where = ", ".join(fmt(a) for a, _, _ in spans)
+        why = (f"by then {fmt(later[-1][0])} {later[-1][1]!r} is in force" if later else
+               f"the {duration:g} s piece ends before that" if earliest >= duration else "")
+        notes.append(f"{fmt(t)} {p!r} is not heard: a window plays the prompt in force where its new audio starts "
+                     f"({where} in this piece), so this change would take effect at {fmt(earliest)} at the earliest"
+                     f"{', but ' + why if why else ''}")
+    return notes

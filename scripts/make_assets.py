@@ -160,7 +160,7 @@ def build() -> dict[str, np.ndarray]:
 
 
 def write_wav(path: Path, audio: np.ndarray) -> None:
-    """Mono float in [-1, 1] -> 16-bit PCM WAV (x 32767, rounded, as musicgen.media writes)."""
+    """Mono float in [-1, 1] -> 16-bit PCM WAV (x 32767, rounded, as musicgen.audio_io writes)."""
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
     path.parent.mkdir(parents=True, exist_ok=True)
     with wave.open(str(path), "wb") as f:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicgen import media
+from musicgen import audio_io
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_assets.py"
@@ -62,7 +62,7 @@ def test_assets_load_as_uploads(made: dict[str, bytes]) -> None:
     for rel in made:
         path = ROOT / "assets" / rel
         melody = rel.startswith("melodies/")
-        upload = media.load_melody(path) if melody else media.load_continuation(path)
+        upload = audio_io.load_melody(path) if melody else audio_io.load_continuation(path)
         wave, rate = upload
         seconds = wave.shape[-1] / rate
         assert rate == 32_000 and wave.shape[0] == 1 and upload.notice is None

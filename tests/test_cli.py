@@ -150,7 +150,7 @@ def test_cli_timeline(checkpoints, tmp_path: Path, capsys) -> None:
     assert code == 0, err
     assert sf.info(str(out)).frames == 50 * 640
     assert "0:00-0:01 'lofi beat'" in err  # the schedule: one window, one prompt
-    assert "note: 0:00.5 'drums' is not played" in err
+    assert "note: 0:00.5 'drums' is not heard" in err
     code, err = run(capsys, "0:00 lofi | 0:05 drums", "--duration", "1", "--model", model, "-o", str(out))
     assert code == 2 and "0:05 ('drums') is at or beyond the end of the 1 s piece" in err
     code, err = run(capsys, "0:00 lofi | drums", "--model", model, "-o", str(out))

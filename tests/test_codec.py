@@ -88,8 +88,8 @@ def test_causal_codec_decodes_in_one_pass(causal: tuple[object, MusicGen]) -> No
 
 
 def test_causal_codec_generates_and_runs_in_a_session(causal: tuple[object, MusicGen]) -> None:
-    from musicgen import session
-    from musicgen.studio import Request
+    from musicgen.studio import session
+    from musicgen.studio.request import Request
 
     _, mg = causal
     audio = mg.generate(["drums"], duration=0.5, seed=1, normalize="none").audio

@@ -37,14 +37,8 @@ from musicgen import CheckpointError, DownloadError, InvalidInputError
 from musicgen import mbd_checkpoint as ckpt_io
 from musicgen.codec import EnCodec
 from musicgen.config import CodecConfig
-from musicgen.diffusion import (
-    MultiBandDiffusion,
-    NoiseSchedule,
-    ScheduleConfig,
-    SplitBands,
-    item_generators,
-    re_eq,
-)
+from musicgen.diffusion import MultiBandDiffusion, SplitBands, item_generators, re_eq
+from musicgen.diffusion_schedule import NoiseSchedule, ScheduleConfig
 from musicgen.unet import DiffusionUnet, MultiheadAttention, UNetConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from musicgen import InvalidInputError, MusicGen, pipeline, timeline
+from musicgen import InvalidInputError, MusicGen, timeline
+from musicgen import prepare as preparation
 from musicgen.options import options
 
 SYNTAX = "0:00 ambient pads | 0:30 drums come in"
@@ -93,16 +94,16 @@ def test_prepare_encodes_each_set_of_prompts_once(small: MusicGen, monkeypatch: 
     calls: list[list[str]] = []
     encode = small.encode_text
     monkeypatch.setattr(small, "encode_text", lambda prompts: calls.append(prompts) or encode(prompts))
-    gen, _ = small.prepare(["0:00 a | 0:20 b", "c"], options(duration=75, extend_stride=10))
+    gen, _ = preparation.prepare(small, ["0:00 a | 0:20 b", "c"], options(duration=75, extend_stride=10))
     assert calls == [["a", "c"], ["b", "c"]] and len(gen.plan) == 6
     assert gen.batch == gen.text.shape[0] == 2 and gen.rows == 4
     first, later = gen.text_of(gen.plan[0]), [gen.text_of(w) for w in gen.plan[1:]]
     assert not torch.equal(first[0], later[0][0]) and all(t is later[0] for t in later)
     calls.clear()
-    small.prepare([(0, "a"), (20, "b")], options(duration=40, extend_stride=10))  # one piece, as pairs
+    preparation.prepare(small, [(0, "a"), (20, "b")], options(duration=40, extend_stride=10))  # one piece, as pairs
     assert calls == [["a"], ["b"]]
     calls.clear()
-    small.prepare(["lofi", "jazz"], options(duration=75))  # no timeline: one encoding, as before
+    preparation.prepare(small, ["lofi", "jazz"], options(duration=75))  # no timeline: one encoding, as before
     assert calls == [["lofi", "jazz"]]
 
 
@@ -126,7 +127,7 @@ def test_an_entry_beyond_the_piece_is_refused(small: MusicGen) -> None:
 def test_melody_models_change_their_prefix_text(mel: MusicGen, monkeypatch: pytest.MonkeyPatch) -> None:
     """Melody models read the text in their prefix: a longer prompt from the second window on makes it longer.
     (1 s windows instead of 30 s, so that this tiny melody model makes three of them quickly.)"""
-    monkeypatch.setattr(pipeline, "WINDOW", 1.0)
+    monkeypatch.setattr(preparation, "WINDOW", 1.0)
     kw = {"seed": 1, "extend_stride": 0.6, "normalize": "none"}  # 2 s: new audio at 0, 1, 1.6 s
     prefixes: list[int] = []
     condition = mel.lm.condition
@@ -136,3 +137,16 @@ def test_melody_models_change_their_prefix_text(mel: MusicGen, monkeypatch: pyte
     assert prefixes[3] == prefixes[0] < prefixes[4] == prefixes[5]  # [chroma | text]: "a", then the longer one
     assert torch.equal(changed[..., :50], plain[..., :50])
     assert not torch.equal(changed[..., 50:], plain[..., 50:])
+
+
+def test_a_change_no_window_plays_is_named_with_its_earliest_time() -> None:
+    """Issue 20: "0:00 ambient pads | 0:03 drums come in" for 10 s is one window playing "ambient pads": the
+    change is named, with the earliest time a change at 0:03 can take effect (the second window, at 0:30)."""
+    (note,) = timeline.unheard(timeline.parse("0:00 ambient pads | 0:03 drums come in"), 10, 18)
+    assert note.startswith("0:03 'drums come in' is not heard") and "0:30 at the earliest" in note
+    assert "the 10 s piece ends before that" in note
+    (note,) = timeline.unheard(timeline.parse("0:00 a | 0:40 b | 0:45 c"), 60, 18)  # new audio at 0, 30, 48 s
+    assert note.startswith("0:40 'b'") and "0:48 at the earliest" in note and "0:45 'c' is in force" in note
+    assert timeline.unheard(timeline.parse("0:00 a | 0:35 b"), 60, 18) == []  # heard from 0:48
+    (note,) = timeline.unheard(timeline.parse("0:00 a | 0:02 b"), 10, 18, head=3)  # continuing 3 s of audio
+    assert "(0:03 in this piece)" in note

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants, snapshot_download
 
-import app  # the repository root is on sys.path: `pythonpath` in pyproject.toml
 from musicgen import mbd_checkpoint
 from musicgen.hub import ALLOW_PATTERNS
+from musicgen.studio import backend, launch
 
 from .checkpoints import build_checkpoint
 from .fakehub import FakeHub
@@ -35,7 +35,7 @@ MBD = "facebook/multiband-diffusion"
 @dataclass
 class Server:
     url: str
-    studio: app.Studio
+    studio: backend.Studio
     demo: object
     cache: Path
 
@@ -80,8 +80,8 @@ def get_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     if _server is None:
         root = tmp_path_factory.mktemp("studio")
         cache = build_cache(root)
-        st = app.Studio(device="cpu")
-        demo, url = app.serve(st, prevent_thread_lock=True, quiet=True, max_queue=8)
+        st = backend.Studio(device="cpu")
+        demo, url = launch.serve(st, prevent_thread_lock=True, quiet=True, max_queue=8)
         _server = Server(url, st, demo, cache)
         request.session.addfinalizer(_stop)
     return _server

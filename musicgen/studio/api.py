@@ -1,6 +1,6 @@
 """The studio's API endpoints: `/generate` (one piece, its file) and `/generate_takes` (1-4 variations with
 consecutive seeds, their files and seeds). Their parameter names and defaults are the API's; every value is
-checked by studio.parse_request (through backend.Studio.job), errors reach the client as `gr.Error`."""
+checked by request.parse_request (through backend.Studio.job), errors reach the client as `gr.Error`."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from contextlib import closing
 
 import gradio as gr
 
-from backend import PROGRESS_EVERY, Studio, user_errors
-from musicgen import session
-from musicgen.loudness import DEFAULT_STRATEGY
-from musicgen.options import MAX_TAKES, GenerationOptions
-from page_text import slowest
+from ..loudness import DEFAULT_STRATEGY
+from ..options import MAX_TAKES, GenerationOptions
+from . import session
+from .backend import PROGRESS_EVERY, Studio, user_errors
+from .page_text import slowest
 
 D = GenerationOptions()  # the engine's defaults (audiocraft's), the API's and the page's
 
@@ -73,6 +73,8 @@ def _api_run(st: Studio, args: list, progress: gr.Progress) -> Iterator:
     its next step), then (files, seeds) of the takes."""
     with user_errors(st):
         job = st.job(*args)
+        if job.notice:  # a client reads it from the job's status log (gradio_client: job.status().log)
+            gr.Warning(job.notice)
         yield SKIP
         st.model(job, on_load=lambda repo: progress((0, None), desc=f"Loading {repo}…"))
         events = st.run_events(job.ckpt.repo, job.req, job.melody, job.continuation, False)

@@ -1,4 +1,4 @@
-"""musicgen/media.py, the app's audio files: 16-bit WAV, melody and continuation uploads, the picture.
+"""musicgen/audio_io.py, the app's audio files: 16-bit WAV, melody and continuation uploads, the picture.
 
 Uploads under hostile files (issue 12): what any accepted upload may cost in memory, and what is refused.
 
@@ -23,7 +23,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen import InvalidInputError, dsp, media
+from musicgen import InvalidInputError, audio_io, dsp
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -35,7 +35,7 @@ REFUSED_EARLY_MAX = 16 * MB  # refused from the header: nothing decoded (the sla
 PROBE = r"""
 import json, os, sys
 import torch
-from musicgen import dsp, media
+from musicgen import dsp, audio_io
 from musicgen.config import MelodyConfig
 from musicgen.errors import InvalidInputError
 from musicgen.longform import prepare_prompt_audio
@@ -56,7 +56,7 @@ def measure(loader, path):
         pass
     base = status("VmRSS")
     try:
-        upload = getattr(media, loader)(path)
+        upload = getattr(audio_io, loader)(path)
         wave, rate = upload
         if loader == "load_melody":  # what the engine does next
             x = chroma.prepare(wave, rate, batch=1)
@@ -194,10 +194,10 @@ def test_normal_files_load_as_before(tmp_path: Path, channels: int) -> None:
     path = tmp_path / "normal.wav"
     sf.write(str(path), (0.5 * rng.standard_normal((3 * 44100, channels))).clip(-1, 1), 44100, subtype="PCM_16")
     data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    melody = media.load_melody(path)
+    melody = audio_io.load_melody(path)
     assert melody.sample_rate == 44100 and melody.notice is None
     assert np.array_equal(melody.wave, data.mean(axis=1)[None])
-    clip = media.load_continuation(path)
+    clip = audio_io.load_continuation(path)
     assert clip.sample_rate == 44100 and clip.notice is None and np.array_equal(clip.wave, data.T)
     wave, rate = clip  # unpacks as the engine's clip
     assert wave is clip.wave and rate == 44100 and clip.clip == (clip.wave, 44100)
@@ -206,40 +206,40 @@ def test_normal_files_load_as_before(tmp_path: Path, channels: int) -> None:
 def test_float_above_full_scale_is_scaled_down_with_a_notice(tmp_path: Path) -> None:
     path = write_blocks(tmp_path / "hot.wav", 44100, 2, 3, tone(2, 2.5), subtype="FLOAT")
     data, _ = sf.read(str(path), dtype="float32", always_2d=True)
-    up = media.load_continuation(path)
+    up = audio_io.load_continuation(path)
     peak = np.abs(data).max()
     assert up.wave.max() == 1.0 and np.allclose(up.wave, data.T / peak)
     assert up.notice and "peaks at 2.5 (+8.0 dBFS)" in up.notice and "scaled down to a peak of 1.0" in up.notice
     sf.write(str(path), np.full((44100, 1), 1e5, np.float32), 44100, subtype="FLOAT")
     with pytest.raises(InvalidInputError, match=r"samples up to 1e\+05"):
-        media.load_melody(path)
+        audio_io.load_melody(path)
     sf.write(str(path), np.full((44100, 1), np.nan, np.float32), 44100, subtype="FLOAT")
     with pytest.raises(InvalidInputError, match="invalid samples"):
-        media.load_melody(path)
+        audio_io.load_melody(path)
 
 
 def test_channels_and_rates_allowed(tmp_path: Path) -> None:
     path = tmp_path / "wide.wav"
     sf.write(str(path), np.full((4800, 9), 0.1, np.float32), 48000)
     with pytest.raises(InvalidInputError, match="has 9 channels; this server reads at most 8"):
-        media.load_continuation(path)
+        audio_io.load_continuation(path)
     sf.write(str(path), np.full((8000, 1), 0.1, np.float32), 4000)
     with pytest.raises(InvalidInputError, match="4,000 Hz; this server reads 8,000 - 192,000 Hz"):
-        media.load_continuation(path)
+        audio_io.load_continuation(path)
     for rate in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 37800, 44100, 47250, 48000, 50000, 64000, 88200,
                  96000, 176400, 192000):  # the rates recorders write convert cheaply
-        media._check_format(rate, 8, "melody", "x.wav")
+        audio_io._check_format(rate, 8, "melody", "x.wav")
     for rate in (44101, 22254, 121792):  # kernels of 1.4 G and 179 M taps; 67 M multiply-adds per second of audio
         with pytest.raises(InvalidInputError, match=f"{rate:,} Hz that does not convert cheaply"):
-            media._check_format(rate, 1, "melody", "x.wav")
+            audio_io._check_format(rate, 1, "melody", "x.wav")
 
 
 def test_long_uploads_come_at_the_model_rate(tmp_path: Path) -> None:
     """Beyond NATIVE_SAMPLES_MAX the upload is converted here: what the engine's resample would have made."""
     path = write_blocks(tmp_path / "long.wav", 44100, 2, 8, tone(2), subtype="FLOAT")
     data, _ = sf.read(str(path), dtype="float32", always_2d=True)
-    assert data.size > media.NATIVE_SAMPLES_MAX
-    up = media.load_continuation(path)
+    assert data.size > audio_io.NATIVE_SAMPLES_MAX
+    up = audio_io.load_continuation(path)
     whole = dsp.resample(torch.from_numpy(np.ascontiguousarray(data.T)), 44100, 32000).numpy()
     assert up.sample_rate == 32000 and up.wave.shape == whole.shape == (2, 8 * 32000)
     assert np.abs(up.wave - whole).max() < 1e-5
@@ -248,10 +248,10 @@ def test_long_uploads_come_at_the_model_rate(tmp_path: Path) -> None:
 @pytest.mark.parametrize("rate", [88200, 96000, 192000])
 def test_segmented_resample_equals_the_whole(monkeypatch: pytest.MonkeyPatch, rate: int) -> None:
     """Above 48 kHz the upload is converted here, in segments: the same samples as one dsp.resample call."""
-    monkeypatch.setattr(media, "SEGMENT_FRAMES", 10_007)  # many segments, and a step not a multiple of orig
+    monkeypatch.setattr(audio_io, "SEGMENT_FRAMES", 10_007)  # many segments, and a step not a multiple of orig
     wave = np.random.default_rng(0).uniform(-1, 1, (2, rate + 12345)).astype(np.float32)
     whole = dsp.resample(torch.from_numpy(wave), rate, 32000).numpy()
-    parts = media._to_model_rate(wave, rate)
+    parts = audio_io._to_model_rate(wave, rate)
     assert parts.shape == whole.shape and np.abs(parts - whole).max() < 1e-5
 
 
@@ -263,13 +263,13 @@ def test_a_trimmed_upload_is_that_part_of_the_file(tmp_path: Path, rate: int) ->
     rng = np.random.default_rng(rate)
     path = tmp_path / "take.wav"
     sf.write(str(path), (0.3 * rng.standard_normal((5 * rate, 2))).astype(np.float32), rate, subtype="FLOAT")
-    whole, melody = media.load_continuation(path), media.load_melody(path)
+    whole, melody = audio_io.load_continuation(path), audio_io.load_melody(path)
     a, b = round(1.25 * rate), round(3.5 * rate)
-    clip = media.load_continuation(path, 1.25, 3.5)
+    clip = audio_io.load_continuation(path, 1.25, 3.5)
     assert clip.sample_rate == rate and np.array_equal(clip.wave, whole.wave[:, a:b])
-    assert np.array_equal(media.load_melody(path, 1.25, 3.5).wave, melody.wave[:, a:b])
-    assert np.array_equal(media.load_continuation(path, 1.25, 99).wave, whole.wave[:, a:])  # end clamped
-    assert np.array_equal(media.load_melody(path, end=2).wave, melody.wave[:, : 2 * rate])
+    assert np.array_equal(audio_io.load_melody(path, 1.25, 3.5).wave, melody.wave[:, a:b])
+    assert np.array_equal(audio_io.load_continuation(path, 1.25, 99).wave, whole.wave[:, a:])  # end clamped
+    assert np.array_equal(audio_io.load_melody(path, end=2).wave, melody.wave[:, : 2 * rate])
 
 
 def test_only_the_trimmed_part_is_decoded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,7 +279,7 @@ def test_only_the_trimmed_part_is_decoded(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(sf.SoundFile, "read", lambda f, *a, **k: read.append(len(r := original_read(f, *a, **k)))
                         or r)
     monkeypatch.setattr(sf.SoundFile, "seek", lambda f, *a, **k: seeks.append(a) or original_seek(f, *a, **k))
-    up = media.load_melody(path, 12.0, 14.5)
+    up = audio_io.load_melody(path, 12.0, 14.5)
     assert up.wave.shape == (1, 80000) and sum(read) == 80000
     assert seeks[0] == (12 * 32000,)  # straight to the start (soundfile's own seeks, tell(), come after)
 
@@ -287,7 +287,7 @@ def test_only_the_trimmed_part_is_decoded(tmp_path: Path, monkeypatch: pytest.Mo
 def test_trim_errors_say_what_to_change(tmp_path: Path) -> None:
     path = tmp_path / "five.wav"
     sf.write(str(path), np.full((5 * 32000, 1), 0.2, np.float32), 32000)
-    for load, what in ((media.load_melody, "melody"), (media.load_continuation, "audio to continue")):
+    for load, what in ((audio_io.load_melody, "melody"), (audio_io.load_continuation, "audio to continue")):
         with pytest.raises(InvalidInputError, match=f"the {what}'s start must be a number of seconds, 0 or more, "
                                                     "got -1"):
             load(path, -1)
@@ -302,12 +302,12 @@ def test_trim_errors_say_what_to_change(tmp_path: Path) -> None:
             load(path, 0, float("nan"))
     with pytest.raises(InvalidInputError, match=r"the melody from 4.8 s to 5.00 s is only 0.20 s long; give at "
                                                 "least 0.5 s"):
-        media.load_melody(path, 4.8)
+        audio_io.load_melody(path, 4.8)
     long = tmp_path / "forty.flac"
     sf.write(str(long), np.full(40 * 16000, 0.1, np.float32), 16000)
     with pytest.raises(InvalidInputError, match=r"the audio to continue from 5 s to 36.00 s is 31.0 s or more long"):
-        media.load_continuation(long, 5)
-    assert media.load_continuation(long, 15).clip[0].shape == (1, 25 * 16000)  # the last 25 s fit the window
+        audio_io.load_continuation(long, 5)
+    assert audio_io.load_continuation(long, 15).clip[0].shape == (1, 25 * 16000)  # the last 25 s fit the window
 
 
 def test_ffmpeg_seeks_to_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -315,7 +315,7 @@ def test_ffmpeg_seeks_to_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     fake_ffmpeg(tmp_path, monkeypatch, f'echo "$@" > {tmp_path / "args"}\nexec cat /dev/zero')
     junk = tmp_path / "clip.m4a"
     junk.write_bytes(b"\x00" * 100)
-    wave, rate, channels = media._read(junk, "melody", 1.5, 4.0, 30.0, False)
+    wave, rate, channels = audio_io._read(junk, "melody", 1.5, 4.0, 30.0, False)
     assert (rate, channels) == (32000, 1) and wave.shape == (1, int(2.5 * 32000))
     args = (tmp_path / "args").read_text().split()
     assert args.index("-ss") < args.index("-i") and args[args.index("-ss") + 1] == "1.5"
@@ -334,12 +334,12 @@ def fake_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> N
 def test_ffmpeg_output_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An ffmpeg that ignores -t and writes forever: no more than -t's samples are read, then it is killed."""
     fake_ffmpeg(tmp_path, monkeypatch, "exec cat /dev/zero")
-    wave, rate = media._decode_with_ffmpeg(tmp_path / "any.m4a", 2.0)
+    wave, rate = audio_io._decode_with_ffmpeg(tmp_path / "any.m4a", 2.0)
     assert rate == 32000 and wave.shape == (1, 64000)
     fake_ffmpeg(tmp_path, monkeypatch, "exec sleep 30")  # one that hangs: killed after FFMPEG_SECONDS
-    monkeypatch.setattr(media, "FFMPEG_SECONDS", 0.5)
+    monkeypatch.setattr(audio_io, "FFMPEG_SECONDS", 0.5)
     with pytest.raises(ValueError, match="could not decode"):
-        media._decode_with_ffmpeg(tmp_path / "any.m4a", 2.0)
+        audio_io._decode_with_ffmpeg(tmp_path / "any.m4a", 2.0)
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
@@ -347,7 +347,7 @@ def test_ffmpeg_fallback_decodes(tmp_path: Path) -> None:
     wav = write_blocks(tmp_path / "tone.wav", 44100, 2, 3, tone(2))
     m4a = tmp_path / "tone.m4a"
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), str(m4a)], check=True, timeout=60)
-    up = media.load_continuation(m4a)
+    up = audio_io.load_continuation(m4a)
     assert up.sample_rate == 32000 and up.wave.shape[0] == 1 and abs(up.wave.shape[1] - 3 * 32000) < 3000
     assert 0.25 < np.abs(up.wave).max() <= 1.0
 
@@ -355,7 +355,7 @@ def test_ffmpeg_fallback_decodes(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- WAV, uploads
 def test_wav_bytes_round_trip() -> None:
     audio = np.stack([np.linspace(-1, 1, 1000), np.zeros(1000)]).astype(np.float32)
-    data, sr = sf.read(io.BytesIO(media.wav_bytes(audio, 32000)), dtype="float32", always_2d=True)
+    data, sr = sf.read(io.BytesIO(audio_io.wav_bytes(audio, 32000)), dtype="float32", always_2d=True)
     assert sr == 32000 and data.shape == (1000, 2)
     assert np.abs(data.T - audio).max() < 1e-4
 
@@ -363,66 +363,66 @@ def test_wav_bytes_round_trip() -> None:
 def test_melody_files(tmp_path) -> None:
     t = np.arange(32000 * 40) / 32000
     sf.write(str(tmp_path / "long.flac"), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 32000)
-    wave, sr = media.load_melody(tmp_path / "long.flac")
+    wave, sr = audio_io.load_melody(tmp_path / "long.flac")
     assert sr == 32000 and wave.shape == (1, 30 * 32000)  # only the first 30 s are read
     sf.write(str(tmp_path / "short.wav"), np.full(3000, 0.5, np.float32), 32000)
     with pytest.raises(InvalidInputError, match="only 0.09 s long"):
-        media.load_melody(tmp_path / "short.wav")
+        audio_io.load_melody(tmp_path / "short.wav")
     sf.write(str(tmp_path / "quiet.wav"), np.full(32000, 1e-4, np.float32), 32000)
     with pytest.raises(InvalidInputError, match="silent"):
-        media.load_melody(tmp_path / "quiet.wav")
+        audio_io.load_melody(tmp_path / "quiet.wav")
     (tmp_path / "junk.mp3").write_bytes(b"\x00" * 1000)
     with pytest.raises(InvalidInputError, match="cannot read the melody file junk.mp3"):
-        media.load_melody(tmp_path / "junk.mp3")
+        audio_io.load_melody(tmp_path / "junk.mp3")
     with pytest.raises(InvalidInputError, match="was not received"):
-        media.load_melody(tmp_path / "missing.wav")
+        audio_io.load_melody(tmp_path / "missing.wav")
 
 
 def test_audio_to_continue_files(tmp_path) -> None:
     """Unlike a melody, a clip to continue is refused (not cut) when it does not fit the model's window."""
     from musicgen.pipeline import WINDOW
 
-    assert media.CONTINUE_MAX_SECONDS == WINDOW
+    assert audio_io.CONTINUE_MAX_SECONDS == WINDOW
     t = np.arange(int(32000 * 29.5)) / 32000
     tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     sf.write(str(tmp_path / "fits.wav"), np.stack([tone, tone], axis=1), 32000)
-    wave, sr = media.load_continuation(tmp_path / "fits.wav")
+    wave, sr = audio_io.load_continuation(tmp_path / "fits.wav")
     assert sr == 32000 and wave.shape == (2, tone.shape[0])  # all of it, both channels
     sf.write(str(tmp_path / "30s.flac"), np.zeros(30 * 32000, np.float32) + 0.1, 32000)
     with pytest.raises(InvalidInputError, match="audio to continue is 30.0 s long; it must be shorter than 30 s"):
-        media.load_continuation(tmp_path / "30s.flac")
+        audio_io.load_continuation(tmp_path / "30s.flac")
     sf.write(str(tmp_path / "long.ogg"), np.zeros(45 * 16000, np.float32) + 0.1, 16000)
     with pytest.raises(InvalidInputError, match="31.0 s or more long.*trim it"):
-        media.load_continuation(tmp_path / "long.ogg")
+        audio_io.load_continuation(tmp_path / "long.ogg")
     sf.write(str(tmp_path / "quiet.wav"), np.zeros(32000, np.float32), 32000)
     with pytest.raises(InvalidInputError, match="audio to continue file quiet.wav is silent"):
-        media.load_continuation(tmp_path / "quiet.wav")
+        audio_io.load_continuation(tmp_path / "quiet.wav")
     (tmp_path / "junk.wav").write_text("not audio")
     with pytest.raises(InvalidInputError, match="cannot read the audio to continue file junk.wav"):
-        media.load_continuation(tmp_path / "junk.wav")
+        audio_io.load_continuation(tmp_path / "junk.wav")
 
 
 # ------------------------------------------------------------------------------------------- output formats
 def test_format_of_path() -> None:
     names = ("a.wav", "b.FLAC", "dir.x/c.mp3", "d.ogg")
-    assert [media.format_of_path(p) for p in names] == ["wav", "flac", "mp3", "ogg"]
+    assert [audio_io.format_of_path(p) for p in names] == ["wav", "flac", "mp3", "ogg"]
     with pytest.raises(InvalidInputError, match=r"cannot write song.aiff: .aiff files are not written; name it .wav"):
-        media.format_of_path("song.aiff")
+        audio_io.format_of_path("song.aiff")
     with pytest.raises(InvalidInputError, match="song: it has no extension"):
-        media.format_of_path("out/song")
+        audio_io.format_of_path("out/song")
 
 
-@pytest.mark.parametrize("fmt", list(media.FORMATS))
+@pytest.mark.parametrize("fmt", list(audio_io.FORMATS))
 @pytest.mark.parametrize("channels", [1, 2])
 def test_each_format_reads_back(tmp_path: Path, fmt: str, channels: int) -> None:
     """Written as that container / subtype, with its channels and rate; lossless formats to the last bit
     (PCM_16: x 32767, PCM_24: x (2^23 - 1), rounded), lossy ones close on a tone."""
-    suffix, container, subtype = media.FORMATS[fmt]
+    suffix, container, subtype = audio_io.FORMATS[fmt]
     t = np.arange(2 * 32000) / 32000
     audio = np.stack([(0.5 / (c + 1)) * np.sin(2 * np.pi * 440 * (c + 1) * t) for c in range(channels)])
     audio[:, 1000:1002] = [1.0, -1.0]  # full scale both ways
     audio = audio.astype(np.float32)
-    path = media.write_audio(tmp_path / "take", audio, 32000, fmt)
+    path = audio_io.write_audio(tmp_path / "take", audio, 32000, fmt)
     assert path == tmp_path / f"take{suffix}" and path.is_file()
     info = sf.info(str(path))
     assert (info.format, info.subtype, info.channels, info.samplerate) == (container, subtype, channels, 32000)
@@ -443,21 +443,21 @@ def test_each_format_reads_back(tmp_path: Path, fmt: str, channels: int) -> None
 
 def test_write_audio_names_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     audio = np.zeros((1, 3200), np.float32)
-    assert media.write_audio(tmp_path / "a.flac", audio, 32000, "wav") == tmp_path / "a.wav"  # extension replaced
-    assert media.write_audio(tmp_path / "take.1", audio, 32000, "ogg") == tmp_path / "take.1.ogg"  # added
-    assert media.write_audio(tmp_path / "b.WAV", audio, 32000, "wav24") == tmp_path / "b.WAV"
-    assert media.write_audio(tmp_path / "c.mp3", audio, 32000) == tmp_path / "c.wav"  # wav is the default
+    assert audio_io.write_audio(tmp_path / "a.flac", audio, 32000, "wav") == tmp_path / "a.wav"  # extension replaced
+    assert audio_io.write_audio(tmp_path / "take.1", audio, 32000, "ogg") == tmp_path / "take.1.ogg"  # added
+    assert audio_io.write_audio(tmp_path / "b.WAV", audio, 32000, "wav24") == tmp_path / "b.WAV"
+    assert audio_io.write_audio(tmp_path / "c.mp3", audio, 32000) == tmp_path / "c.wav"  # wav is the default
     with pytest.raises(InvalidInputError, match="unknown output format 'aac': choose one of wav, wav24, flac, mp3"):
-        media.write_audio(tmp_path / "d", audio, 32000, "aac")
+        audio_io.write_audio(tmp_path / "d", audio, 32000, "aac")
     with pytest.raises(InvalidInputError, match="MP3 .* has no 96,000 Hz"):
-        media.write_audio(tmp_path / "e", audio, 96000, "mp3")
+        audio_io.write_audio(tmp_path / "e", audio, 96000, "mp3")
     assert not (tmp_path / "e.mp3").exists()
     monkeypatch.setattr(sf, "available_formats", lambda: {"WAV": "WAV", "FLAC": "FLAC", "OGG": "OGG"})
     with pytest.raises(InvalidInputError, match=r"cannot write mp3: this libsndfile .* lacks MPEG_LAYER_III"):
-        media.write_audio(tmp_path / "f", audio, 32000, "mp3")
+        audio_io.write_audio(tmp_path / "f", audio, 32000, "mp3")
 
 
 def test_write_wav_is_the_streamed_wav(tmp_path: Path) -> None:
     audio = np.stack([np.linspace(-1.2, 1.2, 5000), np.zeros(5000)]).astype(np.float32)
-    path = media.write_wav(tmp_path / "x.wav", audio, 32000)
-    assert path == tmp_path / "x.wav" and path.read_bytes() == media.wav_bytes(audio, 32000)
+    path = audio_io.write_wav(tmp_path / "x.wav", audio, 32000)
+    assert path == tmp_path / "x.wav" and path.read_bytes() == audio_io.wav_bytes(audio, 32000)

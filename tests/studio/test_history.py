@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from musicgen import history
-from musicgen.studio import Request
+from musicgen.studio import history
+from musicgen.studio.request import Request
 
 
 def request(prompt: str = "lofi") -> Request:

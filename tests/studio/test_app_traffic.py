@@ -100,10 +100,10 @@ def test_concurrent_same_seed_clients_each_get_their_own_music(server: Server, w
     expected = {p: alone(server, p) for p in PROMPTS}
     assert all(not np.array_equal(expected[a], expected[b]) for a in PROMPTS for b in PROMPTS if a != b)
     watch.peak = 0
-    scheduler = server.studio.cache.engine("facebook/musicgen-small")[1]
-    scheduler.peak_rows = 0
-    got = in_parallel(lambda p: read(Client(server.url, verbose=False).predict(
-        prompt=p, duration=2, seed=42, api_name="/generate")), PROMPTS)
+    with server.studio.cache.lease("facebook/musicgen-small") as (_, scheduler):
+        scheduler.peak_rows = 0
+        got = in_parallel(lambda p: read(Client(server.url, verbose=False).predict(
+            prompt=p, duration=2, seed=42, api_name="/generate")), PROMPTS)
     for prompt, audio in zip(PROMPTS, got):
         assert isinstance(audio, np.ndarray), audio
         assert np.array_equal(audio, expected[prompt]), f"{prompt!r} got another request's audio"
@@ -214,3 +214,21 @@ def test_raw_requests_are_refused_readably(server: Server, melody: object, count
     assert "/work" not in last and "Traceback" not in last and str(server.cache) not in last
     assert "error" not in _call(server.url, ["jazz trio", 1, "small", False, "encodec", None, 250, 0.0, 1.0, 3.0, 42,
                                             None, *EXTRA]).splitlines()[-1]
+
+
+def test_model_switches_under_mixed_traffic_fail_nobody(server: Server) -> None:
+    """Issue 21: concurrent requests spread over two checkpoints (mono and stereo small), so the studio switches
+    models while requests hold the current one: every request gets its own music (as alone), none fails."""
+    kinds = [(False, 7), (True, 7), (False, 8), (True, 8), (False, 7), (True, 8)]
+
+    def one(kind: tuple[bool, int]) -> np.ndarray:
+        stereo, seed = kind
+        return read(Client(server.url, verbose=False).predict(prompt="80s synthwave", duration=1, stereo=stereo,
+                                                              seed=seed, api_name="/generate"))
+
+    expected = {k: one(k) for k in set(kinds)}
+    got = in_parallel(one, kinds)
+    for kind, audio in zip(kinds, got):
+        assert isinstance(audio, np.ndarray), f"{kind}: {audio!r}"
+        assert np.array_equal(audio, expected[kind]), kind
+    assert server.studio.cache.leases == 0

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .studio import Request
+from .request import Request
 
 LIMIT = 20  # entries kept per browser
 SETTINGS = ("duration", "model_size", "stereo", "decoder", "top_k", "top_p", "temperature", "cfg_coef")

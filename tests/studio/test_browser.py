@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from helpers.studio_server import Server
 
-from musicgen import waits
+from musicgen.studio import waits
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -10,7 +10,7 @@ from helpers.mbd_checkpoints import build_mbd_checkpoint
 
 from musicgen import MusicGen
 from musicgen.diffusion import MultiBandDiffusion
-from musicgen.waits import CallCost, DiffusionClock, measure, parallel_threads
+from musicgen.studio.waits import CallCost, DiffusionClock, measure, parallel_threads
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.py
 

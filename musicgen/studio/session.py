@@ -19,12 +19,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from . import loudness
-from .options import Clip, GenerationOptions, options, take_seeds
-from .pipeline import GenerationOutput, MusicGen, StreamStep
-from .serve import Queued, Scheduler
-from .streaming import StreamDecoder
-from .studio import MAX_SEED, Request, fresh_seed
+from .. import loudness
+from ..options import Clip, GenerationOptions, options, take_seeds
+from ..pipeline import GenerationOutput, MusicGen, StreamStep
+from ..serve import Queued, Scheduler
+from ..streaming import StreamDecoder
+from .request import MAX_SEED, Request, fresh_seed
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,52 @@ def _peek(q: queue.Queue) -> object:
         return q.queue[0] if q.queue else None
 
 
+class _Preview:
+    """The live preview of one run: the token prefix decoded exactly (StreamDecoder) every `chunk_seconds` of wall
+    time (every 0.25 s until playback starts), chunks held back until playback started then would not stall at
+    the measured generation speed, then sent in pieces of at most `max_piece` seconds."""
+
+    def __init__(self, mg: MusicGen, frames: int, chunk_seconds: float, max_piece: float,
+                 clock: Callable[[], float]) -> None:
+        self.dec = StreamDecoder(mg.codec, mg.audio_channels, frames)
+        self.sr, self.frame_rate, self.frames = mg.sample_rate, mg.frame_rate, frames
+        self.chunk_seconds, self.max_piece, self.clock = chunk_seconds, max_piece, clock
+        self.pending: list[np.ndarray] = []  # decoded, not sent yet
+        self.decoded: list[np.ndarray] = []  # every sample decoded, sent or not
+        self.sent = 0  # samples already sent in chunks
+        self.playing = False
+        self.last = clock()
+        self.first: tuple[float, int] | None = None  # (time, frames) at the first decode step: the speed reference
+
+    def push(self, tokens: torch.Tensor) -> Iterator[Chunk]:
+        """A decode step's complete frames [1, K, n] -> the chunks to send now (often none)."""
+        n, now = tokens.shape[-1], self.clock()
+        self.first = self.first or (now, n)
+        interval = self.chunk_seconds if self.playing else min(self.chunk_seconds, 0.25)  # often until it plays
+        if n <= self.dec.seen or (n < self.frames and now - self.last < interval):
+            return
+        self.last = now
+        audio = self.dec.push(tokens)[0].numpy()
+        if audio.shape[-1]:
+            self.pending.append(audio)
+            self.decoded.append(audio)
+        if not self.playing:
+            rate = (n - self.first[1]) / self.frame_rate / max(now - self.first[0], 1e-6)
+            buffered = (self.dec.emitted - self.sent) / self.sr
+            self.playing = ready_to_play(buffered, (self.frames - n) / self.frame_rate, rate, self.chunk_seconds)
+        if self.playing and self.pending:
+            whole = np.concatenate(self.pending, axis=-1)
+            self.pending = []
+            step = max(1, int(self.max_piece * self.sr))
+            for i in range(0, whole.shape[-1], step):
+                yield Chunk(whole[:, i : i + step], self.sent, self.sr)
+                self.sent += whole[:, i : i + step].shape[-1]
+
+    def audio(self) -> np.ndarray | None:
+        """The whole EnCodec decode [C, S] once every frame went through the preview, else None."""
+        return np.concatenate(self.decoded, axis=-1) if self.dec.done else None
+
+
 def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation: Clip | None = None,
         stream: bool = True, engine: MusicGen | Scheduler | None = None, cancel: threading.Event | None = None,
         chunk_seconds: float = 1.5, max_piece: float = 2.0, clock: Callable[[], float] = time.perf_counter,
@@ -158,20 +204,13 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     once on a fast GPU, around half-way through on a slow CPU), then sent in pieces of at most `max_piece`
     seconds (small segments keep a streaming player's playlist polling fast)."""
     seed = req.seed if req.seed is not None else fresh_seed()
-    sr, frame_rate = mg.sample_rate, mg.frame_rate
-    frames = round(req.duration * frame_rate)
-    # live chunks, decoded exactly on the way
-    live = StreamDecoder(mg.codec, mg.audio_channels, frames) if stream and mg.can_stream else None
-    pending: list[np.ndarray] = []
-    sent = 0  # samples already sent in chunks
-    playing = False
-    start = last = clock()
-    first: tuple[float, int] | None = None  # (time, frames) at the first decode step: the speed reference
+    frames = round(req.duration * mg.frame_rate)
+    live = _Preview(mg, frames, chunk_seconds, max_piece, clock) if stream and mg.can_stream else None
+    start = clock()
     lm_steps = 0  # decode steps, where the engine's progress ticks for the diffusion decoder start
     out: GenerationOutput | None = None
     o = generation_options(req, seed, melody, continuation)
-    decoded: list[np.ndarray] = []  # every sample the StreamDecoder produced, sent or not
-    # with a StreamDecoder every sample is decoded on the way: no second EnCodec pass at the end
+    # with a live preview every sample is decoded on the way: no second EnCodec pass at the end
     for item in _engine_items(engine or mg, req.prompt, o, decode=live is None, cancel=cancel):
         if isinstance(item, Queued):
             start = clock()  # the generation's time counts from when it leaves the line
@@ -181,49 +220,34 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
         elif isinstance(item, GenerationOutput):
             out = item
         elif isinstance(item, StreamStep):
-            n, now, lm_steps = item.tokens.shape[-1], clock(), item.step
-            first = first or (now, n)
-            yield Progress("frames", n, frames)
-            interval = chunk_seconds if playing else min(chunk_seconds, 0.25)  # look often until playback starts
-            if live is None or n <= live.seen or (n < frames and now - last < interval):
-                continue
-            last = now
-            audio = live.push(item.tokens)[0].numpy()
-            if audio.shape[-1]:
-                pending.append(audio)
-                decoded.append(audio)
-            if not playing:
-                rate = (n - first[1]) / frame_rate / max(now - first[0], 1e-6)
-                buffered = (live.emitted - sent) / sr
-                playing = ready_to_play(buffered, (frames - n) / frame_rate, rate, chunk_seconds)
-            if playing and pending:
-                whole = np.concatenate(pending, axis=-1)
-                pending = []
-                step = max(1, int(max_piece * sr))
-                for i in range(0, whole.shape[-1], step):
-                    yield Chunk(whole[:, i : i + step], sent, sr)
-                    sent += whole[:, i : i + step].shape[-1]
+            lm_steps = item.step
+            yield Progress("frames", item.tokens.shape[-1], frames)
+            if live is not None:
+                yield from live.push(item.tokens)
     if out is None:
         if cancel is not None and cancel.is_set():
             return
         raise RuntimeError("the engine stopped without returning the generated audio")
-    elapsed = clock() - start
+    yield _result(mg, req, out, live, clock() - start)
+
+
+def _result(mg: MusicGen, req: Request, out: GenerationOutput, live: _Preview | None, elapsed: float) -> Result:
+    """The finished run's `Result`, levelled now that the piece is whole (its loudness can be measured); the
+    EnCodec version from the engine, else from the live preview, else decoded here."""
 
     def encodec_audio(kept: torch.Tensor | None) -> np.ndarray:
         if kept is not None:
             return kept[0].numpy()
-        if live is not None and live.done:
-            return np.concatenate(decoded, axis=-1)
-        return mg.decode(out.tokens)[0].numpy()
+        whole = live.audio() if live is not None else None
+        return whole if whole is not None else mg.decode(out.tokens)[0].numpy()
 
-    def level(audio: np.ndarray) -> np.ndarray:  # the piece is whole now: its loudness can be measured
+    def level(audio: np.ndarray) -> np.ndarray:
         return loudness.normalize(audio, out.sample_rate, req.loudness)
 
     if req.decoder == "encodec":
-        yield Result(level(encodec_audio(out.audio)), None, out.sample_rate, out.seed, elapsed)
-    else:
-        kept = out.audio_encodec
-        yield Result(level(out.audio[0].numpy()), level(encodec_audio(kept)), out.sample_rate, out.seed, elapsed)
+        return Result(level(encodec_audio(out.audio)), None, out.sample_rate, out.seed, elapsed)
+    return Result(level(out.audio[0].numpy()), level(encodec_audio(out.audio_encodec)), out.sample_rate, out.seed,
+                  elapsed)
 
 
 @dataclass(frozen=True)

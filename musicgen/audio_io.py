@@ -1,5 +1,6 @@
-"""Audio files in and out for the web app: files written (WAV 16 / 24-bit, FLAC, MP3, Ogg Vorbis) and uploads
-(melody, audio to continue). The waveform + spectrogram picture is picture.py.
+"""Audio files in and out, the one place for both the CLI and the studio: results written (WAV 16 / 24-bit,
+FLAC, MP3, Ogg Vorbis) and user audio read (melody, audio to continue), both through soundfile (ffmpeg only
+for what libsndfile cannot decode).
 
 Uploads are bounded in what they cost (see "uploads" below): the header is checked before decoding, only
 the part that is used is decoded, in blocks, each mixed down at once into one preallocated float32 array.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .diffusion import DecodeTiming, MultiBandDiffusion
+from ..diffusion import DecodeTiming, MultiBandDiffusion
 
 CONFIRM_ABOVE = 120.0  # seconds of expected diffusion after which the page asks first (issue 15: two minutes)
 # seconds of audio each band network is timed on (after one warm-up call): far enough apart that timing noise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from musicgen import picture
+from musicgen.studio import picture
 
 
 def test_picture(tmp_path) -> None:

@@ -8,11 +8,13 @@ import html
 import time
 from typing import TYPE_CHECKING
 
-from musicgen import MusicGenError, session, studio, timeline, waits
-from musicgen.options import EXTEND_STRIDE
+from .. import timeline
+from ..errors import MusicGenError
+from ..options import EXTEND_STRIDE
+from . import catalog, session, waits
 
 if TYPE_CHECKING:
-    from backend import Job
+    from .backend import Job
 
 CSS = """
 #generate-row button { min-height: 3rem; }
@@ -77,11 +79,13 @@ def timeline_text(prompt: object, duration: object) -> str:
         if not entries:
             return ""
         seconds = float(duration)  # type: ignore[arg-type]
-        rows = timeline.schedule(timeline.check(entries, seconds), seconds, EXTEND_STRIDE)
+        entries = timeline.check(entries, seconds)
+        rows = timeline.schedule(entries, seconds, EXTEND_STRIDE)
     except (MusicGenError, TypeError, ValueError) as e:
         return f"⚠️ {e}"
-    return "**Timeline**  \n" + "  \n".join(f"{timeline.fmt(a)}–{timeline.fmt(b)}: {html.escape(p)}"
-                                            for a, b, p in rows)
+    notes = [f"⚠️ {html.escape(n, quote=False)}" for n in timeline.unheard(entries, seconds, EXTEND_STRIDE)]
+    return "**Timeline**  \n" + "  \n".join([f"{timeline.fmt(a)}–{timeline.fmt(b)}: {html.escape(p)}"
+                                             for a, b, p in rows] + notes)
 
 
 def span(seconds: float) -> str:
@@ -103,10 +107,10 @@ def wait_text(job: Job, wait: waits.Wait) -> str:
 
 
 def hint(size: str, stereo: bool, melody: str | None, decoder: str = "encodec") -> str:
-    ckpt, notice = studio.choose_checkpoint(size, stereo, bool(melody))
+    ckpt, notice = catalog.choose_checkpoint(size, stereo, bool(melody))
     lines = [ckpt.hint, notice or ""]
     if decoder == "mbd":
-        lines.append(f"Multi-band diffusion: `{studio.MBD_REPO}` is downloaded on first use; 80 diffusion model "
+        lines.append(f"Multi-band diffusion: `{catalog.MBD_REPO}` is downloaded on first use; 80 diffusion model "
                      "passes per clip, much slower than EnCodec (on a CPU, minutes: the page says how long before it "
                      "starts)")
     return "  \n".join(line for line in lines if line)

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicgen import MusicGen, loudness, session
+from musicgen import MusicGen, loudness
 from musicgen.serve import Scheduler
-from musicgen.studio import parse_request
+from musicgen.studio import session
+from musicgen.studio.request import parse_request
 
 TOL = 1e-5
 

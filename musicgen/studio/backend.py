@@ -1,8 +1,8 @@
 """The studio's server side, shared by every visitor: the model cache and its scheduler, result files, Stop,
 jobs (a checked request and what it needs), and every failure turned into a message for people (`gr.Error`).
 
-app.py draws the page and wires it to this; musicgen/studio.py, session.py and media.py hold the parts that
-need no Gradio.
+page.py draws the page and wires it to this; request.py, catalog.py, models.py and session.py hold the parts
+that need no Gradio.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import inspect
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import weakref
@@ -26,8 +27,13 @@ import pydantic
 import torch
 from gradio.exceptions import InvalidPathError
 
-from musicgen import DownloadError, MusicGen, MusicGenError, media, session, studio, waits
-from musicgen.serve import MAX_ROWS
+from .. import audio_io, timeline
+from ..errors import DownloadError, MusicGenError
+from ..options import EXTEND_STRIDE
+from ..pipeline import MusicGen
+from ..serve import MAX_ROWS
+from . import catalog, request, session, waits
+from .models import ModelCache
 
 log = logging.getLogger("musicgen.app")
 PROGRESS_EVERY = 0.25  # seconds between progress updates to a client (also how soon a cancel is noticed)
@@ -37,8 +43,8 @@ PROGRESS_EVERY = 0.25  # seconds between progress updates to a client (also how 
 class Job:
     """A validated request and what it needs: the checkpoint, a notice for the user, the user's audio."""
 
-    req: studio.Request
-    ckpt: studio.HubModel
+    req: request.Request
+    ckpt: catalog.HubModel
     notice: str | None
     melody: session.Clip | None
     continuation: session.Clip | None = None
@@ -50,13 +56,13 @@ class Studio:
     def __init__(self, device: str | None = None, stream: bool | None = None, batch_rows: int | None = None,
                  threads: int | None = None, **load_kwargs: object) -> None:
         rows = 0 if _spaces() is not None else MAX_ROWS if batch_rows is None else batch_rows
-        self.cache = studio.ModelCache(device=device, batch_rows=rows, threads=threads, **load_kwargs)
+        self.cache = ModelCache(device=device, batch_rows=rows, threads=threads, **load_kwargs)
         # visitors generating at once: a scheduler runs rows // 2 guided requests per step and queues the rest
         # (showing each its place); without one (ZeroGPU: the GPU is lent per call), one at a time
         self.concurrency = max(1, rows)
         self.stream = shutil.which("ffmpeg") is not None if stream is None else stream  # Gradio encodes with it
         self.out_dir = Path(tempfile.mkdtemp(prefix="musicgen-studio-"))
-        self.stops = studio.StopRequests()
+        self.stops = StopRequests()
         self.run_events = _zero_gpu(self._run_events)
         self.confirm_above = waits.CONFIRM_ABOVE  # expected diffusion seconds after which the page asks first
         self._clocks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # MBD decoder -> its DiffusionClock
@@ -64,19 +70,20 @@ class Studio:
     def job(self, *args: object) -> Job:
         """Check the request fields (in API order), pick the checkpoint, read the user's audio: no model
         needed."""
-        req = studio.parse_request(*args)
-        ckpt, notice = studio.choose_checkpoint(req.model_size, req.stereo, req.melody_path is not None)
-        uploads = (media.load_melody(req.melody_path, *req.melody_trim) if req.melody_path else None,
-                   media.load_continuation(req.continue_path, *req.continue_trim) if req.continue_path else None)
-        notice = " ".join(n for n in (notice, *(u.notice for u in uploads if u)) if n) or None
+        req = request.parse_request(*args)
+        ckpt, notice = catalog.choose_checkpoint(req.model_size, req.stereo, req.melody_path is not None)
+        uploads = (audio_io.load_melody(req.melody_path, *req.melody_trim) if req.melody_path else None,
+                   audio_io.load_continuation(req.continue_path, *req.continue_trim) if req.continue_path else None)
         melody, clip = (u.clip if u else None for u in uploads)
         if clip is not None:
-            studio.check_continuation(req.duration, clip)
+            request.check_continuation(req.duration, clip)
+        notes = (notice, *(u.notice for u in uploads if u), *_unheard(req, clip))
+        notice = " ".join(n for n in notes if n) or None
         return Job(req, ckpt, notice, melody, clip)
 
     def model(self, job: Job, on_load: Callable[[str], None] | None = None) -> MusicGen:
         mg = self.cache.get(job.ckpt.repo, on_load=on_load)
-        studio.check_prompt_tokens(mg, job.req.prompt)
+        request.check_prompt_tokens(mg, job.req.prompt)
         return mg
 
     def slow_diffusion(self, job: Job) -> bool:
@@ -92,16 +99,16 @@ class Studio:
             clock = self._clocks.setdefault(mbd, waits.DiffusionClock(mbd, mg.cfg.codec.hop_length))
         return clock.estimate(job.req.duration, mg.audio_channels, job.req.takes)
 
-    def _run_events(self, repo: str, req: studio.Request, melody: session.Clip | None,
+    def _run_events(self, repo: str, req: request.Request, melody: session.Clip | None,
                     continuation: session.Clip | None, stream: bool) -> Iterator[session.Take]:
         """The GPU part (what `spaces.GPU` wraps on ZeroGPU): the model is loaded before, outside it. Each of
         the request's takes' events (chunks only of the first)."""
-        mg, engine = self.cache.engine(repo)
-        yield from session.run_takes(mg, req, melody, continuation=continuation, stream=stream, engine=engine)
+        with self.cache.lease(repo) as (mg, engine):  # a switch to another model waits until this run ends
+            yield from session.run_takes(mg, req, melody, continuation=continuation, stream=stream, engine=engine)
 
     def write(self, audio: Any, sample_rate: int, seed: int, fmt: str, tag: str = "") -> Path:
-        """A result file in format `fmt` (media.FORMATS), under a name of its own."""
-        return media.write_audio(self.output_path(seed, tag), audio, sample_rate, fmt)
+        """A result file in format `fmt` (audio_io.FORMATS), under a name of its own."""
+        return audio_io.write_audio(self.output_path(seed, tag), audio, sample_rate, fmt)
 
     def output_path(self, seed: int, tag: str = "") -> Path:
         """A new file name for one result: unique per request (two visitors with the same seed in the same
@@ -112,6 +119,54 @@ class Studio:
                 if old.stat().st_mtime < cutoff:
                     old.unlink(missing_ok=True)
         return self.out_dir / f"musicgen-{seed}{tag}-{uuid.uuid4().hex[:12]}.wav"
+
+
+class StopRequests:
+    """Cooperative Stop, per run. Generate arms a new run (before it queues, so a Stop while it still waits
+    counts too); the page's Stop marks every run its browser session has armed and not finished; each run
+    checks its own mark at every step and ends itself (closing the engine's generator). A new run never
+    clears another run's pending stop, and a finished run's disarm removes only itself."""
+
+    def __init__(self, max_age: float = 24 * 3600) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, tuple[str, bool, float]] = {}  # run id -> (session, stop requested, armed at)
+        self.max_age = max_age  # runs armed but never started (a full queue refused them) are forgotten then
+
+    def arm(self, session: str) -> str:
+        """A new run of `session`; returns its id."""
+        run, now = uuid.uuid4().hex, time.monotonic()
+        with self._lock:
+            for old in [r for r, (_, _, t) in self._runs.items() if now - t > self.max_age]:
+                del self._runs[old]
+            self._runs[run] = (session, False, now)
+        return run
+
+    def request(self, session: str) -> bool:
+        """Stop every armed run of `session`; -> whether there was one."""
+        with self._lock:
+            mine = [r for r, (s, _, _) in self._runs.items() if s == session]
+            for r in mine:
+                s, _, t = self._runs[r]
+                self._runs[r] = (s, True, t)
+        return bool(mine)
+
+    def requested(self, run: str | None) -> bool:
+        with self._lock:
+            return run in self._runs and self._runs[run][1]
+
+    def disarm(self, run: str | None) -> None:
+        with self._lock:
+            self._runs.pop(run, None)
+
+
+def _unheard(req: request.Request, clip: session.Clip | None) -> list[str]:
+    """What of a timeline prompt no part of the piece plays (timeline.unheard), as sentences for the visitor."""
+    entries = timeline.parse(req.prompt)
+    if entries is None:
+        return []
+    head = clip[0].shape[-1] / clip[1] if clip is not None else 0.0
+    notes = timeline.unheard(timeline.check(entries, req.duration), req.duration, EXTEND_STRIDE, head=head)
+    return [f"Timeline: {n}." for n in notes]
 
 
 def _spaces() -> Any:
@@ -129,8 +184,8 @@ def _zero_gpu(fn: Callable) -> Callable:
     if spaces is None:
         return fn
 
-    def budget(repo: str, req: studio.Request, melody: object, continuation: object, stream: bool) -> int:
-        return studio.gpu_seconds(req.model_size, req.duration, req.decoder, req.takes)
+    def budget(repo: str, req: request.Request, melody: object, continuation: object, stream: bool) -> int:
+        return catalog.gpu_seconds(req.model_size, req.duration, req.decoder, req.takes)
 
     return spaces.GPU(duration=budget)(fn)
 
@@ -155,7 +210,7 @@ def user_errors(st: Studio) -> Iterator[None]:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise gr.Error(studio.describe_oom(st.cache.device), title="Out of memory", print_exception=False) from e
+        raise gr.Error(catalog.describe_oom(st.cache.device), title="Out of memory", print_exception=False) from e
     except Exception as e:
         raise _internal_error(e) from e
 

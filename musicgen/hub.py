@@ -40,6 +40,8 @@ ALLOW_PATTERNS = [
     "tokenizer_config.json",
     "special_tokens_map.json",
     "preprocessor_config.json",
+    "adapter_config.json",  # a PEFT LoRA adapter (lora.py): its base model is fetched in turn
+    "adapter_model.safetensors",
 ]
 # Only for repos without safetensors: transformers' pickle weights (never audiocraft's *state_dict.bin).
 BIN_PATTERNS = [BIN_FILE, BIN_INDEX, "pytorch_model-*-of-*.bin"]
@@ -87,7 +89,7 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     (online this lists the repo again; offline it is answered from the cache)."""
     with hub_errors(repo_id, revision):
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS))
-        if not has_safetensors(folder):
+        if not has_safetensors(folder) and not (folder / "adapter_config.json").is_file():
             folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=BIN_PATTERNS))
     return folder
 
@@ -113,6 +115,7 @@ def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
         raise CheckpointError(f"{name} is not a folder holding a MusicGen checkpoint")
     else:
         folder = download(name, revision)
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{name} has no config.json: not a transformers-layout MusicGen checkpoint")
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise CheckpointError(f"{name} has no config.json: not a transformers-layout MusicGen checkpoint "
+                              "(nor adapter_config.json: a PEFT LoRA adapter)")
     return folder

@@ -12,7 +12,7 @@ from einops import rearrange
 
 from . import codec as codec_mod
 from . import lm as lm_mod
-from . import loudness
+from . import lora, loudness
 from . import text as text_mod
 from .codec import EnCodec
 from .config import MusicGenConfig
@@ -30,7 +30,7 @@ from .prepare import prepare
 from .streaming import StreamDecoder, can_stream
 from .text import T5Encoder, TextTokenizer
 from .timeline import Prompts
-from .weights import Checkpoint, release_free_memory
+from .weights import release_free_memory
 
 DECODE_CHUNK = 50  # frames (1 s of one channel) per EnCodec decoder pass, split between the batch's items.
 # Decoding 60 s in one pass takes 2.2 GB and 8.2 s on 2 CPU cores; in 50-frame chunks (streaming.py, exact)
@@ -76,7 +76,8 @@ class MusicGen:
     def from_pretrained(cls, name_or_path: str | Path, *, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, revision: str | None = None,
                         quantize: str | None = None, compile: bool = False) -> MusicGen:
-        """A Hub repo id (e.g. "facebook/musicgen-small") or a local folder with the same files.
+        """A Hub repo id (e.g. "facebook/musicgen-small") or a local folder with the same files; or a PEFT LoRA
+        adapter's (adapter_config.json): its base model with the adapter merged into the weights (lora.py).
         device: CUDA when available, else CPU. dtype (the LM's): float16 on CUDA, float32 on CPU; the
         T5 encoder and EnCodec always run in float32. quantize="int8": int8 linear layers in the LM
         (fbgemm's dynamic int8 on x86 CPUs, weight-only int8 elsewhere; the fast choice on CPUs, see
@@ -92,12 +93,14 @@ class MusicGen:
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
         folder = resolve(name_or_path, revision)
+        folder, adapter = lora.find_adapter(folder)  # a PEFT LoRA adapter: its base model, merged with it at load
         cfg = MusicGenConfig.from_folder(folder)
         tokenizer = TextTokenizer(folder)
         if cfg.melody is not None:  # the text joins the prefix: keep [chroma | text | one window] within positions
             room = cfg.lm.max_positions - cfg.melody.chroma_length - round(WINDOW * cfg.frame_rate) - max(cfg.lm.delays)
             tokenizer.max_tokens = min(tokenizer.max_tokens, room)
-        ckpt = Checkpoint(weights_folder(folder))  # pytorch_model*.bin: its safetensors copy, converted once
+        # pytorch_model*.bin: its safetensors copy, converted once; an adapter's deltas are added as weights are read
+        ckpt = lora.open_checkpoint(weights_folder(folder), adapter)
         t5 = T5Encoder.from_checkpoint(cfg.text, ckpt, device)
         num_chroma = cfg.melody.num_chroma if cfg.melody is not None else None
         lm = LM.from_checkpoint(cfg.lm, cfg.text.d_model, num_chroma, ckpt, device, dtype, quantize)

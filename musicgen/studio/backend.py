@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import torch
 from gradio.exceptions import InvalidPathError
 
 from .. import audio_io, timeline
-from ..errors import DownloadError, MusicGenError
+from ..errors import DownloadError, InvalidInputError, MusicGenError
 from ..options import EXTEND_STRIDE
 from ..pipeline import MusicGen
 from ..serve import MAX_ROWS
@@ -44,7 +44,7 @@ class Job:
     """A validated request and what it needs: the checkpoint, a notice for the user, the user's audio."""
 
     req: request.Request
-    ckpt: catalog.HubModel
+    ckpt: catalog.HubModel | catalog.OwnerModel
     notice: str | None
     melody: session.Clip | None
     continuation: session.Clip | None = None
@@ -54,8 +54,9 @@ class Studio:
     """Server state shared by every visitor: the model cache, output files, what the engine can do."""
 
     def __init__(self, device: str | None = None, stream: bool | None = None, batch_rows: int | None = None,
-                 threads: int | None = None, **load_kwargs: object) -> None:
+                 threads: int | None = None, models: Sequence[catalog.OwnerModel] = (), **load_kwargs: object) -> None:
         rows = 0 if _spaces() is not None else MAX_ROWS if batch_rows is None else batch_rows
+        self.models = {m.name: m for m in models}  # the owner's models, by display name (catalog.parse_models)
         self.cache = ModelCache(device=device, batch_rows=rows, threads=threads, **load_kwargs)
         # visitors generating at once: a scheduler runs rows // 2 guided requests per step and queues the rest
         # (showing each its place); without one (ZeroGPU: the GPU is lent per call), one at a time
@@ -71,7 +72,7 @@ class Studio:
         """Check the request fields (in API order), pick the checkpoint, read the user's audio: no model
         needed."""
         req = request.parse_request(*args)
-        ckpt, notice = catalog.choose_checkpoint(req.model_size, req.stereo, req.melody_path is not None)
+        ckpt, notice = self.checkpoint(req)
         uploads = (audio_io.load_melody(req.melody_path, *req.melody_trim) if req.melody_path else None,
                    audio_io.load_continuation(req.continue_path, *req.continue_trim) if req.continue_path else None)
         melody, clip = (u.clip if u else None for u in uploads)
@@ -80,6 +81,16 @@ class Studio:
         notes = (notice, *(u.notice for u in uploads if u), *_unheard(req, clip))
         notice = " ".join(n for n in notes if n) or None
         return Job(req, ckpt, notice, melody, clip)
+
+    def checkpoint(self, req: request.Request) -> tuple[catalog.HubModel | catalog.OwnerModel, str | None]:
+        """The checkpoint a request asks for: the owner's model it names, else Meta's by size / stereo / melody."""
+        if not req.model:
+            return catalog.choose_checkpoint(req.model_size, req.stereo, req.melody_path is not None)
+        if req.model not in self.models:
+            offered = ", ".join(repr(n) for n in self.models) or "none"
+            raise InvalidInputError(f"model {req.model!r} is not offered by this server: its own models are {offered} "
+                                 "(or leave model empty for Meta's, chosen by model_size, stereo and melody)")
+        return self.models[req.model], None
 
     def model(self, job: Job, on_load: Callable[[str], None] | None = None) -> MusicGen:
         mg = self.cache.get(job.ckpt.repo, on_load=on_load)
@@ -185,7 +196,8 @@ def _zero_gpu(fn: Callable) -> Callable:
         return fn
 
     def budget(repo: str, req: request.Request, melody: object, continuation: object, stream: bool) -> int:
-        return catalog.gpu_seconds(req.model_size, req.duration, req.decoder, req.takes)
+        size = req.model_size if not req.model else "large"  # an owner's model: budget as for the largest
+        return catalog.gpu_seconds(size, req.duration, req.decoder, req.takes)
 
     return spaces.GPU(duration=budget)(fn)
 

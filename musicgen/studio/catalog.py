@@ -1,9 +1,11 @@
-"""The checkpoints the studio offers: which Hub repo a (size, stereo, melody) choice needs, with size and memory
-hints for the page, and the time budget of a ZeroGPU call."""
+"""The checkpoints the studio offers: which of Meta's Hub repos a (size, stereo, melody) choice needs, with size and
+memory hints for the page; the models the Space's owner adds (OwnerModel); the time budget of a ZeroGPU call."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -89,3 +91,54 @@ def describe_oom(device: torch.device | str | None) -> str:
             "duration, or mono instead of stereo")
 
 
+
+
+ENV_MODELS = "MUSICGEN_MODELS"  # a Space's variable: the owner's models, as --models takes them
+MODEL_NAME = re.compile(r"[\w .()+'/-]{1,60}")  # a display name: what the page shows and the API's `model` takes
+
+
+@dataclass(frozen=True)
+class OwnerModel:
+    """A model the Space's owner offers beside Meta's (`--models` / MUSICGEN_MODELS): a Hub id or a local folder
+    that `MusicGen.from_pretrained` loads, under a display name. Only these may be asked for by name: a public
+    link must not let a visitor make the server download any repository."""
+
+    name: str
+    repo: str
+
+    @property
+    def download_gb(self) -> float | None:
+        """The weights' size for a local folder (GB); None for a Hub id (not known before the download)."""
+        folder = Path(self.repo)
+        if not folder.is_dir():
+            return None
+        files = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()]
+        return sum(p.stat().st_size for p in files) / 1e9
+
+    @property
+    def hint(self) -> str:
+        gb = self.download_gb
+        where = (f"a local folder, ≈{gb:.2g} GB of weights" if gb is not None else
+                 "a Hub repo, downloaded on first use (its size depends on the model)")
+        return f"**{self.name}**: `{self.repo}` ({where}), offered by this Space's owner"
+
+
+def parse_models(spec: str) -> tuple[OwnerModel, ...]:
+    """The owner's models from "Name=source; Other name=source" (or one per line); a bare source is named after
+    itself. Sources are Hub ids ("user/repo") or local folders."""
+    models: dict[str, OwnerModel] = {}
+    for part in re.split(r"[;\n]", spec):
+        if not part.strip():
+            continue
+        name, _, source = part.rpartition("=") if "=" in part else (part, "", part)
+        name, source = name.strip(), source.strip()
+        if not MODEL_NAME.fullmatch(name):
+            raise InvalidInputError(f"model name {name!r} (for {source!r}): use 1-60 letters, digits, spaces or "
+                                    ". ( ) + ' / - _, as in \"My punk=user/musicgen-punk\"")
+        if not source or (not Path(source).is_dir() and source.count("/") != 1):
+            raise InvalidInputError(f"model {name!r}: {source!r} is neither a local folder nor a Hub id (user/repo)")
+        if name in models or name in SIZES:
+            raise InvalidInputError(f"model name {name!r} is used twice (or is one of Meta's sizes): name each "
+                                    "model once")
+        models[name] = OwnerModel(name, source)
+    return tuple(models.values())

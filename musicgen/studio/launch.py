@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import gradio as gr
 import torch
 
+from ..errors import InvalidInputError
 from ..layout import QUANTIZE
 from ..pipeline import default_device
 from ..serve import MAX_ROWS
+from . import catalog
 from .backend import Studio, readable_input_errors
 from .page import build_demo
 from .page_text import CSS
@@ -31,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=["auto", *[q for q in QUANTIZE if q], "none"], default="auto",
                    help="int8 language model, ~2.6x faster on CPU; int8-weight-only: float activations, closer "
                    "to float32 [auto: int8 on CPU, none on CUDA]")
+    p.add_argument("--models", default=os.environ.get(catalog.ENV_MODELS, ""),
+                   help="the owner's models offered beside Meta's: 'Name=user/repo; Other=/path/to/folder' (Hub ids or "
+                   f"local folders; also the {catalog.ENV_MODELS} variable, for Spaces) ['']")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting at most [16]")
     p.add_argument("--batch-rows", type=int, default=MAX_ROWS,
                    help=f"decode-step rows shared by visitors, 2 per request (continuous batching); 0: one "
@@ -63,6 +69,10 @@ def default_quantize(choice: str, device: str | None) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    try:
+        models = catalog.parse_models(args.models)
+    except InvalidInputError as e:
+        raise SystemExit(f"--models: {e}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # the decode loop gets the CPU's intra-op threads; every other thread runs torch ops inline (serve.py,
     # own_intra_op_threads: a second OpenMP pool would make every step ~1.6x slower), model loading included
@@ -70,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch_rows:
         torch.set_num_threads(1)
     st = Studio(device=args.device, batch_rows=args.batch_rows, threads=threads,
-                quantize=default_quantize(args.quantize, args.device))
+                quantize=default_quantize(args.quantize, args.device), models=models)
     log.info("device %s; live preview %s", st.cache.device, "on" if st.stream else "off (install ffmpeg)")
     serve(st, share=args.share, server_name=args.server_name, port=args.port, max_queue=args.max_queue)
 

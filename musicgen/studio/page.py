@@ -36,6 +36,7 @@ EXAMPLES = [
 ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the repository's assets/ (beside app.py)
 MELODY_EXAMPLES = sorted((ASSETS / "melodies").glob("*.wav"))  # made by scripts/make_assets.py
 CONTINUE_EXAMPLE = ASSETS / "continue" / "pop_progression.wav"
+META_MODELS = "Meta's MusicGen (size, stereo, melody below)"  # the model choice's first entry
 FORMAT_LABELS = {"wav": "WAV 16-bit", "wav24": "WAV 24-bit", "flac": "FLAC", "mp3": "MP3 320 kbps", "ogg": "OGG Vorbis"}
 
 
@@ -89,9 +90,10 @@ class Page:
                 self.result_mbd, self.picture, self.info, self.last_seed, self.last_take]
 
 
-def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str, gr.components.Component]]:
-    """Prompt, buttons, examples, the model choices, the uploads and the sampling settings: (fields in API
-    order, other controls)."""
+def build_request_column(owner_models: list[str]) -> tuple[dict[str, gr.components.Component],
+                                                           dict[str, gr.components.Component]]:
+    """Prompt, buttons, examples, the model choices (Meta's, and the Space owner's `owner_models` by name), the
+    uploads and the sampling settings: (fields in API order, other controls)."""
     f: dict[str, gr.components.Component] = {}
     f["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=8, placeholder=EXAMPLES[0], autofocus=True,
                              info="Beyond 30 s, later parts can have prompts of their own: " + timeline.SYNTAX)
@@ -108,6 +110,8 @@ def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str
     with gr.Row():
         f["model_size"] = gr.Radio(list(catalog.SIZES), value="small", label="Model size", scale=3)
         f["stereo"] = gr.Checkbox(value=False, label="Stereo", scale=1, min_width=100)
+    model = gr.Dropdown([(META_MODELS, ""), *((n, n) for n in owner_models)], value="", label="Model",
+                        visible=bool(owner_models), elem_id="model")
     f["decoder"] = gr.Radio([(v, k) for k, v in catalog.DECODER_LABELS.items()], value=D.decoder, label="Decoder")
     controls["hint"] = gr.Markdown(hint("small", False, None))
     trims: dict[str, gr.components.Component] = {}
@@ -146,9 +150,10 @@ def build_request_column() -> tuple[dict[str, gr.components.Component], dict[str
     f["loudness"] = loudness_choice
     f["output_format"] = format_choice
     f |= trims
+    f["model"] = model
     for c in (*(f[n] for n in ("prompt", "duration", "top_k", "top_p", "temperature", "cfg_coef", "seed", *trims)),
-              controls["takes"]):
-        as_sent(c)
+              controls["takes"], model):
+        as_sent(c)  # the model too: Studio.checkpoint says which names are offered, in words
     return f, controls
 
 
@@ -186,7 +191,7 @@ def build_page(st: Studio) -> Page:
                 "PyTorch engine.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
-            fields, controls = build_request_column()
+            fields, controls = build_request_column(list(st.models))
         with gr.Column(scale=6):
             shown = build_result_column(st)
     return Page(fields, **controls, **shown, last_seed=gr.State(None), run_id=gr.State(None),  # type: ignore[arg-type]
@@ -219,7 +224,8 @@ def _page_events(st: Studio, page: Page, run: str, confirmed: bool, started: flo
              page.last_take: None, page.result_mbd: gr.update(value=None, visible=False),
              **{p: gr.update(value=None, visible=False) for p in page.more_takes}}
     if st.cache.current != job.ckpt.repo:
-        size = f"≈{job.ckpt.download_gb:g} GB download on first use"
+        gb = job.ckpt.download_gb
+        size = f"≈{gb:g} GB download on first use" if gb is not None else "downloaded on first use"
         yield clear | {page.status: status_html(f"Loading {job.ckpt.repo} ({size})…")}
     mg = st.model(job)
     if st.slow_diffusion(job) and not confirmed:
@@ -321,8 +327,9 @@ def wire(st: Studio, page: Page) -> None:
           api_name="generate_takes", concurrency_id="musicgen", concurrency_limit=st.concurrency)
     prompt_inputs = [page.fields["prompt"], page.fields["duration"]]
     gr.on([c.change for c in prompt_inputs], timeline_text, inputs=prompt_inputs, outputs=page.timeline, **quick)
-    hint_inputs = [page.fields[k] for k in ("model_size", "stereo", "melody", "decoder")]
-    gr.on([c.change for c in hint_inputs], hint, inputs=hint_inputs, outputs=page.hint, **quick)
+    hint_inputs = [page.fields[k] for k in ("model_size", "stereo", "melody", "decoder", "model")]
+    gr.on([c.change for c in hint_inputs], lambda *values: hint(*values, owner=st.models), inputs=hint_inputs,
+          outputs=page.hint, **quick)
     page.dice.click(request.fresh_seed, outputs=page.fields["seed"], **quick)
     page.reuse.click(lambda s: gr.skip() if s is None else s, inputs=page.last_seed, outputs=page.fields["seed"],
                      **quick)

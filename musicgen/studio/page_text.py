@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .. import timeline
@@ -106,8 +107,14 @@ def wait_text(job: Job, wait: waits.Wait) -> str:
             "the tokens are generated. EnCodec decodes in seconds. Stop works during diffusion too.")
 
 
-def hint(size: str, stereo: bool, melody: str | None, decoder: str = "encodec") -> str:
-    ckpt, notice = catalog.choose_checkpoint(size, stereo, bool(melody))
+def hint(size: str, stereo: bool, melody: str | None, decoder: str = "encodec", model: str | None = "",
+         owner: Mapping[str, catalog.OwnerModel] | None = None) -> str:
+    """Under the model choice: the checkpoint it loads (Meta's by size, or the owner's `model`), its size and
+    memory, and what the diffusion decoder costs."""
+    if model and owner and model in owner:
+        ckpt, notice = owner[model], None
+    else:
+        ckpt, notice = catalog.choose_checkpoint(size, stereo, bool(melody))
     lines = [ckpt.hint, notice or ""]
     if decoder == "mbd":
         lines.append(f"Multi-band diffusion: `{catalog.MBD_REPO}` is downloaded on first use; 80 diffusion model "

@@ -41,6 +41,7 @@ class Request:
     melody_trim: tuple[float, float | None] = (0.0, None)  # [start, end) seconds of the melody file (None: its end)
     continue_trim: tuple[float, float | None] = (0.0, None)  # the same for the audio to continue
     takes: int = 1  # variations made together, seeds seed, seed + 1, ... (options.MAX_TAKES at most)
+    model: str = ""  # one of the owner's models by name (catalog.OwnerModel); "": Meta's, by size / stereo / melody
 
 
 def parse_seed(seed: object) -> int | None:
@@ -65,7 +66,8 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
                   melody: object, top_k: object, top_p: object, temperature: object, cfg_coef: object,
                   seed: object, continue_audio: object = None, loudness: object = DEFAULT_STRATEGY,
                   output_format: object = "wav", melody_start: object = 0, melody_end: object = None,
-                  continue_start: object = 0, continue_end: object = None, takes: object = 1) -> Request:
+                  continue_start: object = 0, continue_end: object = None, model: object = "",
+                  takes: object = 1) -> Request:
     """Check every field of a request before any model is loaded; errors say what to change."""
     if prompt is None:
         prompt = ""
@@ -97,7 +99,16 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
                    number("temperature", temperature, 0.0, 10.0), number("cfg_coef", cfg_coef, 0.0, 100.0),
                    parse_seed(seed), continue_path, str(loudness), str(output_format),
                    _trim("melody", melody_start, melody_end), _trim("continue", continue_start, continue_end),
-                   integer("takes", takes, 1, MAX_TAKES))
+                   integer("takes", takes, 1, MAX_TAKES), _model(model))
+
+
+def _model(value: object) -> str:
+    """The `model` field: a name (checked against the owner's list by the server), or "" / None for Meta's."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 200:
+        raise InvalidInputError(f"model must be the name of one of this server's models, got {str(value)[:60]!r}")
+    return value.strip()
 
 
 def _trim(name: str, start: object, end: object) -> tuple[float, float | None]:

@@ -20,7 +20,7 @@ from huggingface_hub import constants, snapshot_download
 
 from musicgen import mbd_checkpoint
 from musicgen.hub import ALLOW_PATTERNS
-from musicgen.studio import backend, launch
+from musicgen.studio import backend, catalog, launch
 
 from .checkpoints import build_checkpoint
 from .fakehub import FakeHub
@@ -29,6 +29,7 @@ from .melody_checkpoints import build_melody_checkpoint
 
 MONO, STEREO, MELODY = "facebook/musicgen-small", "facebook/musicgen-stereo-small", "facebook/musicgen-melody"
 STEREO_MELODY = "facebook/musicgen-stereo-melody"
+OWNER = "Tiny fine-tune"  # the Space owner's own model (a local folder), offered by this name
 MBD = "facebook/multiband-diffusion"
 
 
@@ -80,7 +81,8 @@ def get_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     if _server is None:
         root = tmp_path_factory.mktemp("studio")
         cache = build_cache(root)
-        st = backend.Studio(device="cpu")
+        _, owner = build_checkpoint(root / "owner", layout="current", seed=3)  # a local folder the owner offers
+        st = backend.Studio(device="cpu", models=catalog.parse_models(f"{OWNER}={owner}"))
         demo, url = launch.serve(st, prevent_thread_lock=True, quiet=True, max_queue=8)
         _server = Server(url, st, demo, cache)
         request.session.addfinalizer(_stop)

@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from helpers.studio_server import Server
+from helpers.studio_server import OWNER, Server
 
 from musicgen import dsp, serve
 from musicgen.studio import session
@@ -34,7 +34,7 @@ def test_api_parameters_are_named(client: Client) -> None:
     names = [p["parameter_name"] for p in info["/generate"]["parameters"]]
     assert names == ["prompt", "duration", "model_size", "stereo", "decoder", "melody", "top_k", "top_p",
                      "temperature", "cfg_coef", "seed", "continue_audio", "loudness", "output_format",
-                     "melody_start", "melody_end", "continue_start", "continue_end"]
+                     "melody_start", "melody_end", "continue_start", "continue_end", "model"]
     assert [p["parameter_name"] for p in info["/generate_takes"]["parameters"]] == [*names, "takes"]
     assert info["/generate_takes"]["parameters"][-1]["parameter_default"] == 1  # as the page
     defaults = {p["parameter_name"]: p["parameter_default"] for p in info["/generate"]["parameters"]}
@@ -290,3 +290,16 @@ def test_a_timeline_changes_the_later_window_not_the_first(client: Client) -> No
     assert plain.shape == timed.shape == (35 * 32000, 1)
     assert np.abs(plain[: 29 * 32000] - timed[: 29 * 32000]).max() < 2 / 32767
     assert np.abs(plain[31 * 32000 :] - timed[31 * 32000 :]).max() > 1e-3
+
+
+def test_the_owners_model_is_offered_by_name_and_nothing_else(client: Client) -> None:
+    """Issue 21: the Space owner's model (here a local folder) is asked for by its name through the API and makes
+    its own music; a name not on the owner's list is refused with the list, and nothing is downloaded."""
+    kw = {"prompt": "lofi hip hop beat", "duration": 1, "seed": 5, "loudness": "none"}
+    meta, _ = generate(client, **kw)
+    owner, _ = generate(client, model=OWNER, **kw)
+    assert owner.shape == meta.shape and np.abs(owner - meta).max() > 1e-3
+    assert np.array_equal(owner, generate(client, model=OWNER, **kw)[0])  # its seed holds
+    with pytest.raises(AppError, match=f"Model 'someone/any-repo' is not offered by this server: its own models are "
+                                       f"'{OWNER}'"):
+        generate(client, model="someone/any-repo", **kw)

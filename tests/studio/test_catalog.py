@@ -54,3 +54,18 @@ def test_space_sdk_version_is_the_pinned_gradio() -> None:
     pinned = next(line.split("==")[1].split()[0] for line in (ROOT / "requirements.txt").read_text().splitlines()
                   if line.startswith("gradio=="))
     assert f"sdk_version: {pinned}\n" in front and gradio.__version__ == pinned
+
+
+def test_the_owners_models_are_parsed_with_clear_errors(tmp_path: Path) -> None:
+    models = catalog.parse_models(f"My punk=user/musicgen-punk; Local one = {tmp_path}\nother/repo")
+    assert [(m.name, m.repo) for m in models] == [("My punk", "user/musicgen-punk"), ("Local one", str(tmp_path)),
+                                                  ("other/repo", "other/repo")]
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 1000)
+    assert models[1].download_gb == 1e-6 and "local folder" in models[1].hint and models[0].download_gb is None
+    assert catalog.parse_models("") == ()
+    with pytest.raises(InvalidInputError, match="used twice"):
+        catalog.parse_models("a=x/y; a=x/z")
+    with pytest.raises(InvalidInputError, match="neither a local folder nor a Hub id"):
+        catalog.parse_models("a=/no/such/folder")
+    with pytest.raises(InvalidInputError, match="model name"):
+        catalog.parse_models("<script>=x/y")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from musicgen.studio import page_text
+from musicgen.studio import catalog, page_text
 
 
 def test_a_timeline_prompt_shows_its_schedule() -> None:
@@ -22,3 +22,9 @@ def test_a_timeline_change_no_window_plays_is_said_under_the_prompt() -> None:
     assert "0:00–0:10: ambient pads" in shown
     assert "0:03 'drums come in' is not heard" in shown and "0:30 at the earliest" in shown
     assert "not heard" not in page_text.timeline_text("0:00 ambient pads | 0:30 drums come in", 40)
+
+
+def test_the_hint_names_the_owners_model() -> None:
+    owner = {m.name: m for m in catalog.parse_models("My punk=user/musicgen-punk")}
+    assert "`facebook/musicgen-small`" in page_text.hint("small", False, None, "encodec", "", owner)
+    assert "**My punk**: `user/musicgen-punk`" in page_text.hint("small", False, None, "encodec", "My punk", owner)

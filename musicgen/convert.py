@@ -4,10 +4,10 @@ facebook/musicgen-medium and facebook/musicgen-large ship their transformers wei
 pickles on main (medium: one `pytorch_model.bin`, large: `pytorch_model-0000N-of-0000M.bin` shards with an
 index). They are read with torch's `weights_only` unpickler, memory-mapped: the file is first scanned and any
 global that is not a tensor / container type (`os.system`, `builtins.eval`, ...) is refused by name before
-anything is unpickled. Audiocraft's `state_dict.bin` / `compression_state_dict.bin` (another layout) are never
-read. Each input file becomes one safetensors file, written tensor by tensor (peak memory: the mapped input
-file, i.e. about one copy of the weights; the tensors are never gathered in ordinary memory), and that copy
-is what every later run loads.
+anything is unpickled. (Audiocraft's `state_dict.bin` / `compression_state_dict.bin`, another layout, are
+converted by audiocraft_format.py with the same reader and writer.) Each input file becomes one safetensors
+file, written tensor by tensor (peak memory: the mapped input file, i.e. about one copy of the weights; the
+tensors are never gathered in ordinary memory), and that copy is what every later run loads.
 
 Where the conversion goes (a folder of its own, written atomically: temp folder + rename, so an interrupted
 conversion never leaves a half-written copy behind):
@@ -35,7 +35,7 @@ import struct
 import sys
 import uuid
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,26 +223,37 @@ def _remove_stale_temps(target: Path) -> None:
                 pass
 
 
-def convert(weights: BinWeights, target: Path) -> Path:
-    """Convert `weights` into the folder `target`, atomically: written in a temp folder, then renamed."""
+@contextlib.contextmanager
+def atomic_folder(target: Path, what: str) -> Iterator[Path]:
+    """A temp folder to write a copy into, renamed to `target` once the block ends (after `finish` marked it
+    complete); an interrupted copy never leaves a half-written `target`. `what` names it in messages."""
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(target)
         tmp.mkdir()
-        manifest = _convert_into(weights, tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))  # last: marks the copy complete
+        yield tmp
         if not is_converted(target):  # else another process finished the same conversion first
             if target.exists():
                 shutil.rmtree(target)  # a damaged earlier copy
             os.replace(tmp, target)
     except OSError as e:
-        if is_converted(target):
-            return target
-        raise CheckpointError(f"cannot write the safetensors copy of {weights.folder / weights.files[0]} to "
-                              f"{target}: {e}. It needs as much free disk space as the .bin files") from e
+        if not is_converted(target):
+            raise CheckpointError(f"cannot write {what} to {target}: {e}. It needs as much free disk space as the "
+                                  "weights") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish(folder: Path, manifest: dict[str, Any]) -> None:
+    """Mark a copy complete: its manifest, written last (`is_converted` checks it)."""
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def convert(weights: BinWeights, target: Path) -> Path:
+    """Convert `weights` into the folder `target`, atomically: written in a temp folder, then renamed."""
+    with atomic_folder(target, f"the safetensors copy of {weights.folder / weights.files[0]}") as tmp:
+        finish(tmp, _convert_into(weights, tmp))
     return target
 
 
@@ -254,7 +265,7 @@ def weights_folder(folder: str | Path) -> Path:
         return folder
     if not (folder / BIN_FILE).is_file() and not (folder / BIN_INDEX).is_file():
         raise CheckpointError(f"no transformers weights in {folder}: expected {SINGLE_FILE}, {INDEX_FILE}, {BIN_FILE} "
-                              f"or {BIN_INDEX} (audiocraft's state_dict.bin is another format, never loaded)")
+                              f"or {BIN_INDEX} (audiocraft's state_dict.bin is read by audiocraft_format.py)")
     try:
         weights = BinWeights.find(folder)
         assert weights is not None

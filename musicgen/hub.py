@@ -3,8 +3,9 @@
 Only the files the engine reads are downloaded: the configs, the T5 tokenizer and the safetensors weights;
 when a repo has no safetensors (facebook/musicgen-medium and -large on main), its transformers pickle
 weights `pytorch_model.bin` (or shards + index) instead, which `convert.py` turns into safetensors once.
-Audiocraft's `state_dict.bin` / `compression_state_dict.bin`, which every repo also carries, are never
-fetched. `HF_HUB_OFFLINE=1` with a populated cache works, and every failure says what to do next.
+Audiocraft's `state_dict.bin` / `compression_state_dict.bin`, which the official repos also carry, are
+fetched only for a repo without the transformers layout (an audiocraft export: audiocraft_format.py).
+`HF_HUB_OFFLINE=1` with a populated cache works, and every failure says what to do next.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ ALLOW_PATTERNS = [
 ]
 # Only for repos without safetensors: transformers' pickle weights (never audiocraft's *state_dict.bin).
 BIN_PATTERNS = [BIN_FILE, BIN_INDEX, "pytorch_model-*-of-*.bin"]
+# audiocraft's own export (audiocraft_format.py), fetched only for a repo without the transformers layout
+AUDIOCRAFT_PATTERNS = ["state_dict.bin", "compression_state_dict.bin"]
 EXAMPLE_REPO = "facebook/musicgen-small"
 
 
@@ -89,9 +92,19 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     (online this lists the repo again; offline it is answered from the cache)."""
     with hub_errors(repo_id, revision):
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS))
-        if not has_safetensors(folder) and not (folder / "adapter_config.json").is_file():
+        adapter = (folder / "adapter_config.json").is_file()
+        if not has_safetensors(folder) and not adapter:
             folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=BIN_PATTERNS))
+        if not (folder / "config.json").is_file() and not adapter:  # audiocraft's own export (a fine-tune)
+            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=AUDIOCRAFT_PATTERNS))
     return folder
+
+
+def download_repo(repo_id: str, revision: str | None = None, what: str | None = None) -> Path:
+    """A transformers repo a checkpoint refers to (an audiocraft export's T5 or EnCodec): its configs, tokenizer
+    and safetensors weights, through the HF cache."""
+    with hub_errors(repo_id, revision, what):
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS))
 
 
 def download_file(repo_id: str, filename: str, revision: str | None = None) -> Path:
@@ -115,7 +128,8 @@ def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
         raise CheckpointError(f"{name} is not a folder holding a MusicGen checkpoint")
     else:
         folder = download(name, revision)
-    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
-        raise CheckpointError(f"{name} has no config.json: not a transformers-layout MusicGen checkpoint "
-                              "(nor adapter_config.json: a PEFT LoRA adapter)")
+    if not any((folder / f).is_file() for f in ("config.json", "adapter_config.json", AUDIOCRAFT_PATTERNS[0])):
+        raise CheckpointError(f"{name} has no config.json: not a transformers-layout MusicGen checkpoint (nor "
+                              f"adapter_config.json: a PEFT LoRA adapter, nor {AUDIOCRAFT_PATTERNS[0]}: an audiocraft "
+                              "export)")
     return folder

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from einops import rearrange
 
+from . import audiocraft_format, lora, loudness
 from . import codec as codec_mod
 from . import lm as lm_mod
-from . import lora, loudness
 from . import text as text_mod
 from .codec import EnCodec
 from .config import MusicGenConfig
@@ -94,6 +94,8 @@ class MusicGen:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
         folder = resolve(name_or_path, revision)
         folder, adapter = lora.find_adapter(folder)  # a PEFT LoRA adapter: its base model, merged with it at load
+        if audiocraft_format.is_export(folder):  # audiocraft's own export: its transformers-layout copy
+            folder = audiocraft_format.transformers_folder(folder)
         cfg = MusicGenConfig.from_folder(folder)
         tokenizer = TextTokenizer(folder)
         if cfg.melody is not None:  # the text joins the prefix: keep [chroma | text | one window] within positions

@@ -202,5 +202,5 @@ def test_damaged_files_are_refused(bin_folders: dict[str, Path], tmp_path: Path)
 def test_folder_without_transformers_weights(bin_folders: dict[str, Path], tmp_path: Path) -> None:
     folder = _copy(bin_folders["single"], tmp_path / "audiocraft-only")
     (folder / "pytorch_model.bin").unlink()
-    with pytest.raises(CheckpointError, match="no transformers weights .*state_dict.bin is another format"):
+    with pytest.raises(CheckpointError, match="no transformers weights .*read by audiocraft_format.py"):
         MusicGen.from_pretrained(folder, device="cpu")

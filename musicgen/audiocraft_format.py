@@ -42,7 +42,8 @@ LM_PREFIX = "decoder.model.decoder."  # transformers' MusicgenForConditionalGene
 TEXT_PROJ = "condition_provider.conditioners.description.output_proj."
 CHROMA_PROJ = "condition_provider.conditioners.self_wav.output_proj."
 TEXT_T5 = "condition_provider.conditioners.description.t5."  # a fine-tuned T5 (finetune: true) is stored here
-IGNORED = re.compile(r"condition_provider\.conditioners\.self_wav\.chroma\.(fbanks|spec\.window)$")  # buffers we compute
+# buffers the chroma extractor computes (its filter bank and STFT window): not weights
+IGNORED = re.compile(r"condition_provider\.conditioners\.self_wav\.chroma\.(fbanks|spec\.window)$")
 
 
 def is_export(folder: Path) -> bool:

@@ -77,6 +77,9 @@ def parser() -> argparse.ArgumentParser:
                    help="audio file (wav/flac/ogg/mp3) whose tune conditions a melody checkpoint, e.g. "
                    "--model facebook/musicgen-melody; 30 s of it are used at most")
     trim_flags(p, "melody", "the melody", "the end of the file, 30 s at most")
+    p.add_argument("--no-separate", dest="separate_melody", action="store_false", default=None,
+                   help="use the melody's whole mix for its chroma instead of keeping its vocals + other stems "
+                   "(demucs htdemucs, as audiocraft does; its weights, adefossez/HTDemucs, are fetched on first use)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available, else cpu]")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="language-model precision [float16 on CUDA, float32 on CPU]")
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         head = read_clip(args.continue_from, args.continue_start, args.continue_end, melody=False)
         o = options(duration=args.duration, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                     cfg_coef=args.cfg_coef, melody=melody, continue_from=head, extend_stride=args.extend_stride,
-                    decoder=args.decoder, normalize=args.loudness, seed=seed)
+                    decoder=args.decoder, normalize=args.loudness, seed=seed, separate_melody=args.separate_melody)
         show_timelines(args.prompts, o, 0.0 if head is None else head[0].shape[-1] / head[1])
         t0 = time.perf_counter()
         mg = MusicGen.from_pretrained(args.model, device=args.device, revision=args.revision,

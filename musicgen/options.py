@@ -45,6 +45,9 @@ class GenerationOptions:
     extend_stride: float = EXTEND_STRIDE  # beyond WINDOW: seconds each new window adds
     decoder: str = "encodec"  # one of DECODERS
     normalize: str = loudness.DEFAULT_STRATEGY  # level of the audio returned: one of loudness.STRATEGIES
+    # melody checkpoints: keep the melody's vocals + other (demucs htdemucs) before its chroma, as audiocraft does;
+    # None = on, unless $MUSICGEN_SEPARATE_MELODY=0 (stems.wanted); False = the whole mix (as transformers)
+    separate_melody: bool | None = None
 
 
 NAMES = tuple(f.name for f in fields(GenerationOptions))
@@ -103,6 +106,9 @@ def verify(o: GenerationOptions) -> GenerationOptions:
     if isinstance(o.extend_stride, bool) or not isinstance(o.extend_stride, (int, float)) or not (
             0 < o.extend_stride <= WINDOW):
         raise InvalidInputError(f"extend_stride must be in (0, {WINDOW:g}] seconds, got {o.extend_stride!r}")
+    if o.separate_melody is not None and not isinstance(o.separate_melody, bool):
+        raise InvalidInputError(f"separate_melody must be True, False or None (the default: on), got "
+                                f"{o.separate_melody!r}")
     if o.decoder not in DECODERS:
         raise InvalidInputError(f"decoder must be one of {DECODERS}, got {o.decoder!r}")
     if not isinstance(o.normalize, str) or o.normalize not in loudness.STRATEGIES:

@@ -26,7 +26,7 @@ from .lm import LM
 from .melody import ChromaExtractor
 from .options import MAX_DURATION, WINDOW, GenerationOptions, ProgressFn, check_tokens, seed_of
 from .options import options as make_options
-from .prepare import prepare
+from .prepare import prepare, separate_melody
 from .streaming import StreamDecoder, can_stream
 from .text import T5Encoder, TextTokenizer
 from .timeline import Prompts
@@ -227,7 +227,7 @@ class MusicGen:
         output's `audio`, or with "mbd" its `audio_encodec`, is then None), for callers that decode the
         StreamSteps as they come (streaming.StreamDecoder)."""
         o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
-        gen, seed = prepare(self, prompts, o)
+        gen, seed = prepare(self, prompts, separate_melody(self, prompts, o))
         mbd = self.mbd if o.decoder == "mbd" else None  # fetched before the long part, so a download error is early
         total = gen.total + (mbd.total_steps if mbd is not None else 0)
         gen.begin()

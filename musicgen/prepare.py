@@ -4,12 +4,14 @@ melody tiled, the audio to continue encoded, the windows planned, the sampling s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
 
-from . import timeline
+from . import stems, timeline
 from .errors import InvalidInputError
 from .generate import Generation, TextFn
 from .longform import Window, frames_of, melody_wave, plan_windows, prepare_prompt_audio, window_chroma
@@ -21,9 +23,27 @@ if TYPE_CHECKING:
     from .pipeline import MusicGen
 
 
+def separate_melody(mg: MusicGen, prompts: Prompts, o: GenerationOptions,
+                    stopped: Callable[[], bool] | None = None) -> GenerationOptions:
+    """`o` with its melody replaced by the melody's vocals + other stems (demucs, stems.py) when the checkpoint
+    follows a melody and separation is wanted (o.separate_melody), else `o` itself. All of the melody the piece
+    uses is separated once (then tiled per window, as the melody itself would be). It takes seconds to tens of
+    seconds on a CPU: callers run it in their own thread (the scheduler: the requester's, so the decode loop
+    keeps stepping everyone else); `stopped()` turning true ends it between two demucs chunks
+    (stems.SeparationStopped)."""
+    if o.melody is None or mg.chroma is None or not stems.wanted(o.separate_melody):
+        return o
+    B = len(timeline.pieces(prompts, o.duration))
+    wave = melody_wave(mg.chroma, o.melody, B, _frames(mg, o.duration) / mg.frame_rate, mg.name)  # [N, S]
+    rate = mg.chroma.cfg.sample_rate
+    separated = stems.separate(wave, rate, None, rate, mg.device, stopped)  # [N, S]; shift from the melody itself
+    return replace(o, melody=(separated[:, None], rate), separate_melody=False)
+
+
 def prepare(mg: MusicGen, prompts: Prompts, o: GenerationOptions) -> tuple[Generation, int]:
     """What a generation needs before its first decode step (checks, text states of every window, the
-    user's audio encoded, the windows), not begun yet; and its seed."""
+    user's audio encoded, the windows), not begun yet; and its seed. The melody is used as given: see
+    `separate_melody` for its stems."""
     pieces = timeline.pieces(prompts, o.duration)
     frames, B, seed = _frames(mg, o.duration), len(pieces), seed_of(o)
     wave = melody_wave(mg.chroma, o.melody, B, frames / mg.frame_rate, mg.name)

@@ -37,7 +37,7 @@ from .lm import KVCache
 from .options import WINDOW, GenerationOptions, ProgressFn, seed_of, take_seeds
 from .options import options as make_options
 from .pipeline import GenerationOutput, MusicGen, StreamStep
-from .prepare import prepare
+from .prepare import prepare, separate_melody
 from .timeline import Prompts
 
 MAX_ROWS = 16  # 8 guided requests: measured on 2 CPU cores (int8), a step of 16 rows costs ~2.3x one of 2
@@ -138,6 +138,7 @@ class Scheduler:
         `stopped()` turning true (polled every STOP_POLL seconds: for a reader in another thread, which cannot
         close a generator that is waiting, e.g. a visitor who leaves while still in line)."""
         o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
+        o = separate_melody(self.mg, prompts, o, stopped)  # here, in the requester's thread: the loop keeps stepping
         rows = request_rows(prompts, o)
         if rows > self.max_rows:
             raise InvalidInputError(f"these prompts need {rows} rows; this server runs at most {self.max_rows} "

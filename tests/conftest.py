@@ -3,6 +3,7 @@ melody checkpoints with their engines, one-thread torch for the tiny diffusion n
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +12,13 @@ import torch
 from helpers.checkpoints import build_checkpoint
 from helpers.melody_checkpoints import build_melody_checkpoint
 
-from musicgen import MusicGen
+from musicgen import MusicGen, stems
 
 torch.set_num_threads(2)
+# Tests run offline, where htdemucs (adefossez/HTDemucs) cannot be fetched: separate_melody=None means off in the
+# test processes (what $MUSICGEN_SEPARATE_MELODY=0 does for a deployment; set before any studio subprocess starts).
+# tests/test_stems.py turns separation on explicitly; tests comparing with transformers also pass False.
+os.environ[stems.ENV_DEFAULT] = "0"
 
 LAYOUTS = ("current", "hub")
 PROMPTS = ["lofi hip hop beat with mellow piano and soft drums", "80s synthwave"]

@@ -96,7 +96,7 @@ def test_greedy_generation_matches_transformers(melody_models, extractor, name: 
         a = transformers_tokens(ref, ids, mask, FRAMES, input_features=feats)
         b = transformers_tokens(ref, ids, mask, FRAMES, input_features=torch.roll(feats, 5, dims=-1))
     assert not torch.equal(a, b), "transformers' melody generate ignores input_features"
-    out = mg.generate([PROMPTS[0]], FRAMES / 50, temperature=0, melody=(wave, SR))
+    out = mg.generate([PROMPTS[0]], FRAMES / 50, temperature=0, melody=(wave, SR), separate_melody=False)
     assert torch.equal(out.tokens, a)
     assert out.audio.shape == (1, mg.audio_channels, FRAMES * 640)
 

@@ -23,7 +23,9 @@ file shorter than 30 s) starts the piece with that clip and goes on from it (the
 loudness (-16 LUFS, the default), peak, rms, clip or none; output_format: wav, wav24, flac, mp3 or ogg;
 melody_start / melody_end and continue_start / continue_end: the part of each file used, in seconds (end 0 or
 -1: the end of the file). model: one of the models this server's owner offers, by name (empty: Meta's, by
-model_size, stereo and melody). A diffusion decode (decoder "mbd") is not confirmed first, as it is on the page."""
+model_size, stereo and melody). separate_melody: keep the melody's vocals + other (demucs) before following it, as
+the official demo does (true / false; not sent: on, unless the server says otherwise). A diffusion decode (decoder
+"mbd") is not confirmed first, as it is on the page."""
 
 
 def api_generate(st: Studio) -> Callable[..., Iterator]:
@@ -34,9 +36,11 @@ def api_generate(st: Studio) -> Callable[..., Iterator]:
                  temperature: float = D.temperature, cfg_coef: float = D.cfg_coef, seed: int = -1,
                  continue_audio: str | None = None, loudness: str = DEFAULT_STRATEGY, output_format: str = "wav",
                  melody_start: float = 0, melody_end: float = 0, continue_start: float = 0, continue_end: float = 0,
-                 model: str = "", progress=gr.Progress()) -> Iterator:  # noqa: B008 (Gradio's progress tracker)
+                 model: str = "", separate_melody: bool | None = None,
+                 progress=gr.Progress()) -> Iterator:  # noqa: B008 (how Gradio injects a progress tracker)
         args = [prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef, seed,
-                continue_audio, loudness, output_format, melody_start, melody_end, continue_start, continue_end, model]
+                continue_audio, loudness, output_format, melody_start, melody_end, continue_start, continue_end, model,
+                separate_melody]
         for item in _api_run(st, args, progress):
             yield item if item is SKIP else str(item[0][0])
 
@@ -53,11 +57,12 @@ def api_generate_takes(st: Studio) -> Callable[..., Iterator]:
                        top_p: float = D.top_p, temperature: float = D.temperature, cfg_coef: float = D.cfg_coef,
                        seed: int = -1, continue_audio: str | None = None, loudness: str = DEFAULT_STRATEGY,
                        output_format: str = "wav", melody_start: float = 0, melody_end: float = 0,
-                       continue_start: float = 0, continue_end: float = 0, model: str = "", takes: int = 1,
+                       continue_start: float = 0, continue_end: float = 0, model: str = "",
+                       separate_melody: bool | None = None, takes: int = 1,
                        progress=gr.Progress()) -> Iterator:  # noqa: B008 (how Gradio injects a progress tracker)
         args = [prompt, duration, model_size, stereo, decoder, melody, top_k, top_p, temperature, cfg_coef, seed,
                 continue_audio, loudness, output_format, melody_start, melody_end, continue_start, continue_end, model,
-                takes]
+                separate_melody, takes]
         for item in _api_run(st, args, progress):
             yield item if item is SKIP else ([str(f) for f in item[0]], item[1])
 

@@ -27,7 +27,7 @@ import pydantic
 import torch
 from gradio.exceptions import InvalidPathError
 
-from .. import audio_io, timeline
+from .. import audio_io, stems, timeline
 from ..errors import DownloadError, InvalidInputError, MusicGenError
 from ..options import EXTEND_STRIDE
 from ..pipeline import MusicGen
@@ -96,6 +96,10 @@ class Studio:
         mg = self.cache.get(job.ckpt.repo, on_load=on_load)
         request.check_prompt_tokens(mg, job.req.prompt)
         return mg
+
+    def separates(self, job: Job) -> bool:
+        """Will this job's melody be separated into stems first (seconds to a minute on a CPU)?"""
+        return job.melody is not None and stems.wanted(job.req.separate_melody)
 
     def slow_diffusion(self, job: Job) -> bool:
         """Will this job's decode be multi-band diffusion on a CPU (minutes; seconds on a GPU)?"""
@@ -197,7 +201,8 @@ def _zero_gpu(fn: Callable) -> Callable:
 
     def budget(repo: str, req: request.Request, melody: object, continuation: object, stream: bool) -> int:
         size = req.model_size if not req.model else "large"  # an owner's model: budget as for the largest
-        return catalog.gpu_seconds(size, req.duration, req.decoder, req.takes)
+        separation = melody is not None and stems.wanted(req.separate_melody)
+        return catalog.gpu_seconds(size, req.duration, req.decoder, req.takes, separation)
 
     return spaces.GPU(duration=budget)(fn)
 
@@ -209,6 +214,12 @@ def user_errors(st: Studio) -> Iterator[None]:
         yield
     except gr.Error:
         raise
+    except stems.SeparatorUnavailable as e:
+        log.warning("melody separator download failed: %s", e)
+        why = str(e).split("; or pass separate_melody")[0]
+        raise gr.Error(f"The melody separator could not be loaded: {why}. Switch off “Separate the melody from "
+                       "drums and bass” to follow the whole mix instead.", title="Melody separator unavailable",
+                       print_exception=False) from e
     except DownloadError as e:
         log.warning("model download failed: %s", e)
         raise gr.Error(f"The model could not be loaded: {e}", title="Model unavailable", print_exception=False) from e

@@ -77,11 +77,16 @@ def choose_checkpoint(size: str, stereo: bool, melody: bool) -> tuple[HubModel, 
     return CHECKPOINTS[(size, bool(stereo), bool(melody))], None
 
 
-def gpu_seconds(model_size: str, duration: float, decoder: str, takes: int = 1) -> int:
+SEPARATION_GPU_SECONDS = 15  # htdemucs on 30 s of melody on a GPU takes a few seconds; its first load more
+
+
+def gpu_seconds(model_size: str, duration: float, decoder: str, takes: int = 1, separation: bool = False) -> int:
     """A ZeroGPU time budget for one request: model-dependent seconds per second of audio plus set-up,
-    more with the diffusion decoder (80 UNet passes per clip), times the takes (made one after another there)."""
+    more with the diffusion decoder (80 UNet passes per clip), times the takes (made one after another there), plus
+    the melody's separation (once: the takes share its stems)."""
     per_second = {"small": 0.5, "medium": 1.2, "large": 2.2}.get(model_size, 2.2)
     seconds = 15 + takes * duration * per_second * (2.5 if decoder == "mbd" else 1.0)
+    seconds += SEPARATION_GPU_SECONDS if separation else 0
     return int(min(max(seconds, 30), 300))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import audio_io, timeline
+from .. import audio_io, stems, timeline
 from ..loudness import DEFAULT_STRATEGY, STRATEGIES
 from ..options import MAX_DURATION, MAX_TAKES
 from . import catalog, history, picture, request, session
@@ -121,6 +121,10 @@ def build_request_column(owner_models: list[str]) -> tuple[dict[str, gr.componen
                                    label="The tune to follow (first 30 s are used)")
             gr.Examples([[str(p)] for p in MELODY_EXAMPLES], inputs=[f["melody"]],
                         label="Example melodies (public-domain tunes, synthesised by scripts/make_assets.py)")
+            separate = gr.Checkbox(stems.wanted(None), label="Separate the melody from drums and bass",
+                                   elem_id="separate-melody",
+                                   info="demucs keeps its vocals and other instruments, as the official demo does "
+                                   "(downloaded on first use; seconds to a minute on a CPU, once per melody)")
             with gr.Row():
                 trims["melody_start"] = gr.Number(0, minimum=0, label="Use from (s)", min_width=80)
                 trims["melody_end"] = gr.Number(0, minimum=-1, label="to (s, 0 = the end)", min_width=80)
@@ -151,6 +155,7 @@ def build_request_column(owner_models: list[str]) -> tuple[dict[str, gr.componen
     f["output_format"] = format_choice
     f |= trims
     f["model"] = model
+    f["separate_melody"] = separate
     for c in (*(f[n] for n in ("prompt", "duration", "top_k", "top_p", "temperature", "cfg_coef", "seed", *trims)),
               controls["takes"], model):
         as_sent(c)  # the model too: Studio.checkpoint says which names are offered, in words
@@ -236,7 +241,8 @@ def _page_events(st: Studio, page: Page, run: str, confirmed: bool, started: flo
             yield {page.status: status_html("Waiting for your choice", 0.0), page.confirm: gr.update(visible=True),
                    page.confirm_text: wait_text(job, wait)}
             return
-    yield clear | {page.live: None, page.status: status_html(f"Generating with {job.ckpt.repo}…", 0.0)}
+    first = "Separating the melody's stems (demucs)" if st.separates(job) else f"Generating with {job.ckpt.repo}"
+    yield clear | {page.live: None, page.status: status_html(f"{first}…", 0.0)}
     shown = 0.0
     latest: dict[int, session.Progress] = {}
     results: dict[int, session.Result] = {}

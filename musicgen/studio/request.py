@@ -42,6 +42,7 @@ class Request:
     continue_trim: tuple[float, float | None] = (0.0, None)  # the same for the audio to continue
     takes: int = 1  # variations made together, seeds seed, seed + 1, ... (options.MAX_TAKES at most)
     model: str = ""  # one of the owner's models by name (catalog.OwnerModel); "": Meta's, by size / stereo / melody
+    separate_melody: bool | None = None  # the melody's stems (demucs) before its chroma; None: the server's default
 
 
 def parse_seed(seed: object) -> int | None:
@@ -67,7 +68,7 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
                   seed: object, continue_audio: object = None, loudness: object = DEFAULT_STRATEGY,
                   output_format: object = "wav", melody_start: object = 0, melody_end: object = None,
                   continue_start: object = 0, continue_end: object = None, model: object = "",
-                  takes: object = 1) -> Request:
+                  separate_melody: object = None, takes: object = 1) -> Request:
     """Check every field of a request before any model is loaded; errors say what to change."""
     if prompt is None:
         prompt = ""
@@ -99,7 +100,7 @@ def parse_request(prompt: object, duration: object, model_size: object, stereo: 
                    number("temperature", temperature, 0.0, 10.0), number("cfg_coef", cfg_coef, 0.0, 100.0),
                    parse_seed(seed), continue_path, str(loudness), str(output_format),
                    _trim("melody", melody_start, melody_end), _trim("continue", continue_start, continue_end),
-                   integer("takes", takes, 1, MAX_TAKES), _model(model))
+                   integer("takes", takes, 1, MAX_TAKES), _model(model), _switch("separate_melody", separate_melody))
 
 
 def _model(value: object) -> str:
@@ -109,6 +110,13 @@ def _model(value: object) -> str:
     if not isinstance(value, str) or len(value) > 200:
         raise InvalidInputError(f"model must be the name of one of this server's models, got {str(value)[:60]!r}")
     return value.strip()
+
+
+def _switch(name: str, value: object) -> bool | None:
+    """A true / false field; None (not sent) keeps the server's default."""
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidInputError(f"{name} must be true or false, got {value!r}")
 
 
 def _trim(name: str, start: object, end: object) -> tuple[float, float | None]:

@@ -67,6 +67,7 @@ def generation_options(req: Request, seed: int, melody: Clip | None, continuatio
     """The engine's options for a web request (its uploads already read)."""
     return options(duration=req.duration, top_k=req.top_k, top_p=req.top_p, temperature=req.temperature,
                    cfg_coef=req.cfg_coef, seed=seed, melody=melody, continue_from=continuation, decoder=req.decoder,
+                   separate_melody=req.separate_melody,
                    normalize="none")  # the session normalises the result itself (live chunks are decoded raw)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from demucs.apply import BagOfModels
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from helpers.studio_server import OWNER, Server
@@ -34,7 +35,7 @@ def test_api_parameters_are_named(client: Client) -> None:
     names = [p["parameter_name"] for p in info["/generate"]["parameters"]]
     assert names == ["prompt", "duration", "model_size", "stereo", "decoder", "melody", "top_k", "top_p",
                      "temperature", "cfg_coef", "seed", "continue_audio", "loudness", "output_format",
-                     "melody_start", "melody_end", "continue_start", "continue_end", "model"]
+                     "melody_start", "melody_end", "continue_start", "continue_end", "model", "separate_melody"]
     assert [p["parameter_name"] for p in info["/generate_takes"]["parameters"]] == [*names, "takes"]
     assert info["/generate_takes"]["parameters"][-1]["parameter_default"] == 1  # as the page
     defaults = {p["parameter_name"]: p["parameter_default"] for p in info["/generate"]["parameters"]}
@@ -303,3 +304,30 @@ def test_the_owners_model_is_offered_by_name_and_nothing_else(client: Client) ->
     with pytest.raises(AppError, match=f"Model 'someone/any-repo' is not offered by this server: its own models are "
                                        f"'{OWNER}'"):
         generate(client, model="someone/any-repo", **kw)
+
+
+def test_the_melody_is_separated_once_and_its_takes_share_the_stems(client: Client, tmp_path) -> None:
+    """Issue 22 on the page's API: with a (tiny, random) htdemucs in place, "separate the melody" changes the
+    music, a second request with the same melody and another seed does not run the separator again, and without
+    a separator (none downloadable here) the visitor is told to switch separation off."""
+    from test_stems import small_model
+
+    from musicgen import stems
+
+    kw = {"prompt": "piano", "duration": 1, "melody": _tune(tmp_path / "sep.wav", 440), "loudness": "none"}
+    with pytest.raises(AppError, match="Switch off “Separate the melody from drums and bass”"):
+        generate(client, seed=3, separate_melody=True, **kw)
+    sep = stems.Separator(BagOfModels([small_model()]).eval(), "small")
+    calls: list[int] = []
+    forward = sep.bag.models[0].forward
+    sep.bag.models[0].forward = lambda x: calls.append(1) or forward(x)
+    stems.use(sep, torch.device("cpu"))
+    try:
+        on, _ = generate(client, seed=3, separate_melody=True, **kw)
+        n = len(calls)
+        other_seed, _ = generate(client, seed=4, separate_melody=True, **kw)
+        assert n > 0 and len(calls) == n  # the stems of this melody were kept
+        off, _ = generate(client, seed=3, separate_melody=False, **kw)
+        assert np.abs(on - off).max() > 1e-3 and np.abs(on - other_seed).max() > 1e-3
+    finally:
+        stems._separators.pop("cpu", None)

@@ -25,8 +25,8 @@ from musicgen.serve import Scheduler
 PROMPTS = ["lofi hip hop beat", "epic orchestral trailer", "acoustic folk ballad", "80s synthwave"]
 FIELDS = ["prompt", "duration", "model_size", "stereo", "decoder", "melody", "top_k", "top_p", "temperature",
           "cfg_coef", "seed", "continue_audio", "loudness", "output_format", "melody_start", "melody_end",
-          "continue_start", "continue_end", "model"]
-EXTRA = ["loudness", "wav", 0, 0, 0, 0, ""]  # the values after continue_audio, in a raw request
+          "continue_start", "continue_end", "model", "separate_melody"]
+EXTRA = ["loudness", "wav", 0, 0, 0, 0, "", None]  # the values after continue_audio, in a raw request
 
 
 class EngineWatch:
@@ -199,11 +199,11 @@ def _call(url: str, data: list) -> str:
 
 
 @pytest.mark.parametrize(("melody", "count", "message"), [
-    ({"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, 19, "uploaded to this server"),
-    ({"url": "http://127.0.0.1:1/a.wav", "path": "a.wav", "meta": {"_type": "gradio.FileData"}}, 19,
+    ({"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, 20, "uploaded to this server"),
+    ({"url": "http://127.0.0.1:1/a.wav", "path": "a.wav", "meta": {"_type": "gradio.FileData"}}, 20,
      "uploaded to this server"),
-    ("../../etc/passwd", 19, "uploaded to this server"),
-    (None, 3, "send 19 values, in this order: prompt, duration, model_size"),
+    ("../../etc/passwd", 20, "uploaded to this server"),
+    (None, 3, "send 20 values, in this order: prompt, duration, model_size"),
 ])
 def test_raw_requests_are_refused_readably(server: Server, melody: object, count: int, message: str) -> None:
     """Files that were not uploaded are refused without naming a server path; a short payload says what to

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_generate.py                       # real-size random musicgen-small, 10 s
     .venv/bin/python bench/bench_generate.py --model facebook/musicgen-small --duration 5 --runs 3
+    .venv/bin/python bench/bench_generate.py --engines fp32,int8 --ort /tmp/ort-small   # + ONNX Runtime, same run
 
 Without --model it builds a musicgen-small with transformers' real config and random weights, in the
 Hub's file layout, once (cached under --cache). The engines run in this process, alternately, on the same
@@ -68,7 +69,7 @@ def step_bytes(lm: torch.nn.Module) -> int:
             continue
         if isinstance(m, torch.nn.Linear):
             total += m.weight.numel() * m.weight.element_size()
-        elif type(m).__name__ in ("FloatLinear", "Int8Linear", "DynamicInt8Linear"):
+        elif type(m).__name__ in ("FloatLinear", "Int8Linear", "DynamicInt8Linear", "Int4Linear"):
             total += weight_bytes(m)
     return total
 
@@ -129,6 +130,16 @@ def run_transformers(model, ids: tuple[torch.Tensor, torch.Tensor], frames: int,
         t_dec = time.perf_counter() - t0
     assert out.shape[-1] == frames * 640
     return {"steps_per_s": clock.steps_per_s(), "lm_s": t_all - t_text - t_dec, "t5_s": t_text, "decode_s": t_dec}
+
+
+def run_ort(python: str, folder: str, frames: int, int8: bool, threads: int, seed: int) -> dict:
+    """ONNX Runtime on optimum's export (bench/ort_engine.py, in its own environment: .venv-onnx)."""
+    cmd = [python, str(ROOT / "bench" / "ort_engine.py"), "run", folder, "--frames", str(frames), "--threads",
+           str(threads), "--seed", str(seed), "--prompt", PROMPT] + (["--int8"] if int8 else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @torch.inference_mode()
@@ -203,17 +214,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads [2]")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "musicgen-bench")
     ap.add_argument("--engines", default="fp32,int8,transformers",
-                    help="comma list of fp32, int8, int8-weight-only, transformers [fp32,int8,transformers]")
+                    help="comma list of fp32, int8, int8-weight-only, int4, transformers [fp32,int8,transformers]")
     ap.add_argument("--no-rss", action="store_true", help="skip the per-engine peak-RSS processes")
+    ap.add_argument("--ort", default=None, help="an optimum ONNX export of the same weights (scripts/export_onnx.sh): "
+                    "adds the engines ort (float32) and ort-int8 (its q8 decoders)")
+    ap.add_argument("--ort-python", default=str(ROOT / ".venv-onnx" / "bin" / "python"),
+                    help="the python of the ONNX environment [.venv-onnx]")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    engines = args.engines.split(",")
+    engines = args.engines.split(",") + (["ort", "ort-int8"] if args.ort else [])
     model = ensure_checkpoint(args.model, args.cache)
     frames = round(args.duration * 50)
     from musicgen import MusicGen
 
     loaded: dict[str, object] = {}
     for e in engines:
+        if e.startswith("ort"):
+            continue  # runs in its own process, each run
         if e == "transformers":
             from transformers import MusicgenForConditionalGeneration
 
@@ -227,8 +244,12 @@ def main() -> None:
     results: dict[str, list[dict]] = {e: [] for e in engines}
     for r in range(args.runs):
         for e in engines:
-            m = loaded[e]
-            res = run_transformers(m, (ids, mask.long()), frames, r) if e == "transformers" else run_ours(m, frames, r)
+            if e.startswith("ort"):
+                res = run_ort(args.ort_python, args.ort, frames, e == "ort-int8", args.threads, r)
+            elif e == "transformers":
+                res = run_transformers(loaded[e], (ids, mask.long()), frames, r)
+            else:
+                res = run_ours(loaded[e], frames, r)
             results[e].append(res)
             print(f"run {r} {e}: {res['steps_per_s']:.2f} steps/s", file=sys.stderr)
 
@@ -239,19 +260,19 @@ def main() -> None:
     best = {}
     for e, runs in results.items():
         b = best[e] = max(runs, key=lambda x: x["steps_per_s"])
-        m = loaded[e]
-        lm = m.lm if isinstance(m, MusicGen) else m.decoder
-        gbs = b["steps_per_s"] * step_bytes(lm) / 1e9
+        m = loaded.get(e)
+        lm = None if m is None else m.lm if isinstance(m, MusicGen) else m.decoder
+        gbs = f"{b['steps_per_s'] * step_bytes(lm) / 1e9:>7.1f}" if lm is not None else f"{'-':>7}"
         total = b["t5_s"] + b["lm_s"] + b["decode_s"]
-        print(f"{e:<18}{b['steps_per_s']:>9.2f}{total / audio_s:>7.2f}{gbs:>7.1f}{b['t5_s']:>7.2f}"
+        print(f"{e:<18}{b['steps_per_s']:>9.2f}{total / audio_s:>7.2f}{gbs}{b['t5_s']:>7.2f}"
               f"{b['decode_s']:>10.2f}{total:>9.1f}")
-    if "transformers" in best:
-        for e in engines:
-            if e != "transformers":
-                ratio = best[e]["steps_per_s"] / best["transformers"]["steps_per_s"]
-                print(f"ratio {e} / transformers: {ratio:.2f}x decode steps/s")
+    for anchor, ours in (("transformers", None), ("ort", "fp32"), ("ort-int8", "int8")):
+        for e in ([ours] if ours else engines):
+            if anchor in best and e in best and e != anchor:
+                ratio = best[e]["steps_per_s"] / best[anchor]["steps_per_s"]
+                print(f"ratio {e} / {anchor}: {ratio:.2f}x decode steps/s")
     print("all runs (steps/s): " + json.dumps({k: [round(x["steps_per_s"], 2) for x in v] for k, v in results.items()}))
-    for e in [e for e in engines if e.startswith("int8") and "fp32" in loaded]:
+    for e in [e for e in engines if e.startswith("int") and "fp32" in loaded]:  # int8, int4 (not ort-int8)
         q = int8_quality(loaded["fp32"], loaded[e], frames)
         print(f"{e} vs float32 over {frames} frames: greedy token agreement {q['token_agreement']:.3f} "
               f"(identical for the first {q['frames_identical_before_first_divergence']} frames), teacher-forced "
@@ -259,7 +280,7 @@ def main() -> None:
               f"(max {q['max_kl']:.3f})")
     if not args.no_rss:
         del loaded
-        for e in engines:
+        for e in [e for e in engines if not e.startswith("ort")]:
             r = rss_of(e, model, frames)
             ratio = (r["peak"] - r["base"]) / r["weights"]
             print(f"peak RSS {e:<18} {r['peak']:7.0f} MB (after imports {r['base']:.0f}, after load "

@@ -88,7 +88,8 @@ def parser() -> argparse.ArgumentParser:
                    "facebook/multiband-diffusion, are fetched on first use) [encodec]")
     p.add_argument("--quantize", choices=[q for q in QUANTIZE if q], default=None,
                    help="int8 language model: ~2.6x faster than float32 on CPU, slightly different output; "
-                   "int8-weight-only keeps float activations (closer to float32, ~20 %% slower)")
+                   "int8-weight-only keeps float activations (closer to float32, ~20 %% slower); int4: int4 "
+                   "weights, bf16 activations (CPU only, fastest, further from float32)")
     return p
 
 

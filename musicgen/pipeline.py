@@ -21,7 +21,7 @@ from .diffusion import MultiBandDiffusion
 from .errors import InvalidInputError
 from .generate import StepFn, decode_step, decode_steps
 from .hub import resolve
-from .layout import QUANTIZE, dynamic_int8_available, int8_available
+from .layout import QUANTIZE, dynamic_int8_available, int4_available, int8_available
 from .lm import LM
 from .melody import ChromaExtractor
 from .options import MAX_DURATION, WINDOW, GenerationOptions, ProgressFn, check_tokens, seed_of
@@ -82,12 +82,17 @@ class MusicGen:
         T5 encoder and EnCodec always run in float32. quantize="int8": int8 linear layers in the LM
         (fbgemm's dynamic int8 on x86 CPUs, weight-only int8 elsewhere; the fast choice on CPUs, see
         layout.py for speed and quality); "int8-weight-only": int8 weights, float activations (closer to
-        float32, ~20 % slower on x86). compile=True: torch.compile
+        float32, ~20 % slower on x86); "int4": int4 weights in groups of 64, bf16 activations (CPU only: the
+        fastest there, with a larger quality cost: see README's Speed). compile=True: torch.compile
         the static-shaped decode step (CUDA graphs on GPU); opt-in, the first generation is slow."""
         if quantize not in QUANTIZE:
-            raise InvalidInputError(f"quantize must be None, 'int8' or 'int8-weight-only', got {quantize!r}")
+            raise InvalidInputError(f"quantize must be None, 'int8', 'int8-weight-only' or 'int4', got {quantize!r}")
         device = torch.device(device) if device is not None else default_device()
-        if quantize is not None and not (int8_available() or quantize == "int8" and dynamic_int8_available(device)):
+        if quantize == "int4" and not int4_available(device):
+            raise InvalidInputError(f"quantize='int4' runs on the CPU only (torch._weight_int4pack_mm_for_cpu, torch "
+                                    f"{torch.__version__}); on {device.type} use 'int8' or float16")
+        if quantize in ("int8", "int8-weight-only") and not (
+                int8_available() or quantize == "int8" and dynamic_int8_available(device)):
             raise InvalidInputError(f"quantize={quantize!r} needs torch._weight_int8pack_mm "
                                     f"(torch {torch.__version__})")
         if dtype is None:

@@ -137,4 +137,59 @@ def test_int8_generates(engine: str, request: pytest.FixtureRequest) -> None:
 
 def test_bad_quantize(checkpoints) -> None:
     with pytest.raises(InvalidInputError, match="quantize"):
-        MusicGen.from_pretrained(checkpoints["current"][1], device="cpu", quantize="int4")
+        MusicGen.from_pretrained(checkpoints["current"][1], device="cpu", quantize="int3")
+
+
+INT4 = layout.int4_available(torch.device("cpu"))
+needs_int4 = pytest.mark.skipif(not INT4, reason="torch._weight_int4pack_mm_for_cpu is missing")
+
+
+@needs_int4
+def test_int4_linear_matches_its_dequantized_weights() -> None:
+    """The kernel's convention, checked against the quantization written out: per group of 64 inputs,
+    w = low + q * scale with q in 0..15; activations in bf16."""
+    gen = torch.Generator().manual_seed(0)
+    w, x = torch.randn(256, 192, generator=gen) * 0.05, torch.randn(3, 192, generator=gen)
+    groups = w.view(256, 3, 64)
+    low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    scale = ((high - low) / 15).clamp(min=1e-12)
+    q = ((groups - low) / scale).round().clamp(0, 15)
+    zero = (low + 8 * scale).bfloat16().float()  # the kernel keeps scales and zeros in bf16
+    deq = ((q - 8) * scale.bfloat16().float() + zero).view(256, 192)
+    y = layout.Int4Linear(w)(x)
+    ref = x.bfloat16().float() @ deq.t()
+    assert (y - ref).abs().max() < 2e-2 * ref.abs().max()  # bf16 products and output
+    assert (y - x @ w.t()).norm() / (x @ w.t()).norm() < 0.15  # int4: ~9 % error on Gaussian weights
+
+
+@needs_int4
+def test_int4_rows_are_independent() -> None:
+    """Batch invariance: a row's result does not depend on the other rows of the call."""
+    gen = torch.Generator().manual_seed(1)
+    lin = layout.Int4Linear(torch.randn(128, 256, generator=gen))
+    x = torch.randn(8, 256, generator=gen)
+    whole = lin(x)
+    assert torch.equal(whole, torch.cat([lin(x[i : i + 1]) for i in range(8)]))
+    assert torch.equal(whole[2:5], lin(x[2:5]))
+
+
+@needs_int4
+def test_int4_model(checkpoints, small: MusicGen) -> None:
+    """The tiny model's linears of 96 inputs take int4 in groups of 32 (48 inputs: float), it generates
+    deterministically, and a scheduled request gets exactly its tokens alone."""
+    from musicgen.serve import Scheduler
+
+    int4 = MusicGen.from_pretrained(checkpoints["current"][1], device="cpu", quantize="int4")
+    assert isinstance(int4.lm.layers[0].fc2, layout.Int4Linear) and int4.quantize == "int4"
+    assert isinstance(int4.lm.layers[0].fc1, layout.FloatLinear)  # 48 inputs
+    out = int4.generate(PROMPTS, 0.2, seed=1)
+    assert torch.equal(int4.generate(PROMPTS, 0.2, seed=1).tokens, out.tokens)
+    assert not torch.equal(out.tokens, small.generate(PROMPTS, 0.2, seed=1).tokens)  # int4 weights are in use
+    sched = Scheduler(int4, max_rows=8)
+    try:
+        alone = int4.generate(PROMPTS[1], 0.2, seed=3).tokens
+        assert torch.equal(sched.generate(PROMPTS[1], 0.2, seed=3).tokens, alone)
+    finally:
+        sched.close()
+    with pytest.raises(InvalidInputError, match="CPU only"):
+        MusicGen.from_pretrained(checkpoints["current"][1], device="meta", quantize="int4")

@@ -16,7 +16,8 @@ as "facebook/encodec_32khz", it
 Stubs, for imports the path never uses (xformers, spacy, num2words, flashy, demucs' pretrained loader: the melody
 model is run without a melody, whose null condition skips demucs) and one real function stood in: librosa's
 chroma filter bank (only built, never applied without a melody) by transformers' `chroma_filter_bank`. One
-patch: T5Conditioner's table of T5 widths says 32 for "t5-base" (the tiny T5's width), so its output_proj fits.
+patch: T5Conditioner's table of T5 widths gets the width of the cached "t5-base" (the tiny T5's 32), so its
+output_proj fits. AUDIOCRAFT_ORACLE_SIZES (JSON: dim, num_heads, num_layers, card) builds other sizes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.machinery
+import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -34,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / ".venv" / "oracles" / "audiocraft-1.3.0"
 TINY = {"dim": 128, "num_heads": 2, "num_layers": 2, "card": 2048}  # head size 64, as every released model
+SIZES = json.loads(os.environ.get("AUDIOCRAFT_ORACLE_SIZES", "null")) or TINY  # a real-size measurement sets them
 
 
 def _module(name: str, path: Path | None = None, **attrs: Any) -> types.ModuleType:
@@ -106,7 +110,7 @@ def config(variant: str) -> Any:
         _yaml("conditioner/chroma2music.yaml" if melody else "conditioner/text2music.yaml"),
         {"sample_rate": 32000, "channels": channels, "device": "cpu", "dtype": "float32",
          "dataset": {"segment_duration": 30.0},
-         "transformer_lm": {**TINY, "n_q": n_q, "memory_efficient": False, "custom": True},
+         "transformer_lm": {**SIZES, "n_q": n_q, "memory_efficient": False, "custom": True},
          "codebooks_pattern": {"delay": {"delays": delays}},
          "interleave_stereo_codebooks": {"use": channels == 2, "per_timestep": False}})
     return cfg
@@ -124,10 +128,18 @@ def _randomize(lm: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.05 * noise)
 
 
+def _t5_width(cond: Any) -> None:
+    """T5Conditioner's table of T5 widths, told the width of the "t5-base" in the HF cache (the tiny one: 32)."""
+    from transformers import AutoConfig
+
+    width = AutoConfig.from_pretrained("t5-base").d_model
+    cond.T5Conditioner.MODELS_DIMS = {**cond.T5Conditioner.MODELS_DIMS, "t5-base": width}
+
+
 def build(variant: str, out: Path, seed: int = 0) -> None:
     """A tiny random LM from audiocraft's builders, exported with audiocraft's own export functions."""
     cond = importlib.import_module("audiocraft.modules.conditioners")
-    cond.T5Conditioner.MODELS_DIMS = {**cond.T5Conditioner.MODELS_DIMS, "t5-base": 32}
+    _t5_width(cond)
     builders = importlib.import_module("audiocraft.models.builders")
     export = importlib.import_module("audiocraft.utils.export")
     torch.manual_seed(seed)
@@ -150,7 +162,7 @@ def generate(out: Path, prompt: str, frames: int) -> tuple[torch.Tensor, torch.T
     """audiocraft's MusicGen.get_pretrained(folder), greedy, CFG 3: the tokens [1, K, frames] and the audio
     [1, C, S] it decodes them to."""
     cond = importlib.import_module("audiocraft.modules.conditioners")
-    cond.T5Conditioner.MODELS_DIMS = {**cond.T5Conditioner.MODELS_DIMS, "t5-base": 32}
+    _t5_width(cond)
     musicgen = importlib.import_module("audiocraft.models.musicgen")
     mg = musicgen.MusicGen.get_pretrained(str(out), device="cpu")
     mg.set_generation_params(use_sampling=False, cfg_coef=3.0, duration=frames / mg.frame_rate)
@@ -163,8 +175,9 @@ def main() -> None:
     _stubs()
     out.mkdir(parents=True, exist_ok=True)
     build(variant, out)
-    tokens, audio = generate(out, prompt, frames)
-    torch.save({"tokens": tokens, "audio": audio}, out / "oracle.pt")
+    if frames:
+        tokens, audio = generate(out, prompt, frames)
+        torch.save({"tokens": tokens, "audio": audio}, out / "oracle.pt")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import audiocraft_oracle as oracle
-from helpers.fakehub import FakeHub, hub_env
+from helpers.fakehub import FakeHub, hub_env, run_json
 from helpers.mbd_checkpoints import (
     OPTION_SETS,
     build_malicious_checkpoint,
@@ -473,10 +471,7 @@ except MusicGenError as e:
 
 
 def run_from_pretrained(env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _RUNNER], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json(_RUNNER, env)
 
 
 def test_hub_download_convert_offline_and_redownload(tmp_path: Path, files: dict[str, Path]) -> None:

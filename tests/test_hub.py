@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import PROMPTS
 from helpers.checkpoints import build_tokenizer, save_checkpoint
-from helpers.fakehub import FakeHub, hub_env
+from helpers.fakehub import FakeHub, hub_env, run_json
 
 REPO = "facebook/musicgen-small"
 AUDIOCRAFT_FILES = {"state_dict.bin", "compression_state_dict.bin"}
@@ -37,10 +35,7 @@ except MusicGenError as e:
 
 
 def run(name: str, env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _RUNNER, name, json.dumps(PROMPTS)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json(_RUNNER, env, name, json.dumps(PROMPTS))
 
 
 @pytest.fixture(scope="module")

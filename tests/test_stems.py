@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +17,7 @@ from demucs.apply import BagOfModels, apply_model
 from demucs.hf import load_safetensors_model
 from demucs.htdemucs import HTDemucs
 from helpers import audiocraft_stems_oracle as oracle
-from helpers.fakehub import FakeHub, hub_env
+from helpers.fakehub import FakeHub, hub_env, run_json
 from safetensors.torch import save_file
 
 from musicgen import MusicGen, stems
@@ -208,10 +206,7 @@ except MusicGenError as e:
 
 
 def run(env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _RUNNER], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json(_RUNNER, env, timeout=120)
 
 
 def test_download_then_offline_then_unreachable(tmp_path: Path) -> None:

@@ -33,29 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from audiocraft_oracle import _module, _Unused  # this folder is the script's sys.path[0]
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / ".venv" / "oracles" / "audiocraft-1.3.0"
 TINY = {"dim": 128, "num_heads": 2, "num_layers": 2, "card": 2048}  # head size 64, as every released model
 SIZES = json.loads(os.environ.get("AUDIOCRAFT_ORACLE_SIZES", "null")) or TINY  # a real-size measurement sets them
-
-
-def _module(name: str, path: Path | None = None, **attrs: Any) -> types.ModuleType:
-    mod = types.ModuleType(name)
-    mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=path is not None)
-    if path is not None:
-        mod.__path__ = [str(path)]
-    mod.__dict__.update(attrs)
-    sys.modules[name] = mod
-    if "." in name:
-        parent, _, child = name.rpartition(".")
-        setattr(sys.modules[parent], child, mod)
-    return mod
-
-
-class _Unused:
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("stubbed out: not part of the LM oracle")
 
 
 def _stubs() -> None:

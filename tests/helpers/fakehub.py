@@ -26,6 +26,8 @@ import json
 import mimetypes
 import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -351,3 +353,12 @@ def hub_env(endpoint: str, hf_home: str | Path, offline: bool = False) -> dict[s
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     return env
+
+
+def run_json(code: str, env: dict[str, str], *args: str, timeout: float = 300) -> dict:
+    """Run `code` in a fresh interpreter (huggingface_hub reads HF_* when imported) with `env` (see `hub_env`),
+    from the repository root; returns its last line of output, which it prints as JSON."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])

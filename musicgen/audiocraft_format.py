@@ -12,7 +12,8 @@ checked: every setting that changes the numbers and that we do not run exactly a
 by name before a weight is read (see `ExportConfig.from_xp`). The text encoder, which audiocraft does not store
 unless it was fine-tuned, comes from the Hub repo the config names (t5-base, ...), into the HF cache. The output
 is a complete transformers-layout folder (config.json, tokenizer, model.safetensors: the LM renamed and its
-packed q/k/v split, T5's encoder and EnCodec copied), written atomically next to the export like convert.py's
+packed q/k/v split, T5's encoder and the EnCodec copied: the referenced transformers repo's, or a full audiocraft
+EnCodec mapped by audiocraft_codec.py), written atomically next to the export like convert.py's
 copies, and every later load reads only it (offline too).
 """
 
@@ -31,7 +32,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from . import convert, hub
+from . import audiocraft_codec, convert, hub
 from .errors import CheckpointError
 
 LM_FILE, COMPRESSION_FILE = hub.AUDIOCRAFT_PATTERNS
@@ -66,6 +67,17 @@ def _resolve(cfg: Any, root: dict[str, Any]) -> Any:
             node = node[part]
         return _resolve(node, root)
     return cfg
+
+
+def _yaml_config(xp: str, where: str) -> dict[str, Any]:
+    """An export's xp.cfg (OmegaConf's YAML) as plain dicts, interpolations resolved."""
+    try:
+        raw = yaml.safe_load(xp)
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{where}: xp.cfg is not a YAML config ({e})") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{where}: xp.cfg is not a config mapping")
+    return _resolve(raw, raw)
 
 
 def _at(cfg: dict[str, Any], path: str, default: Any = ...) -> Any:
@@ -139,13 +151,7 @@ class ExportConfig:
 
     @classmethod
     def from_xp(cls, xp: str, where: str) -> ExportConfig:
-        try:
-            raw = yaml.safe_load(xp)
-        except yaml.YAMLError as e:
-            raise CheckpointError(f"{where}: xp.cfg is not a YAML config ({e})") from e
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{where}: xp.cfg is not a config mapping")
-        cfg = _resolve(raw, raw)
+        cfg = _yaml_config(xp, where)
         melody = _at(cfg, "conditioners.self_wav", None) is not None
         for path, want in (MUST | (MELODY_MUST if melody else {})).items():
             got = _at(cfg, path, DEFAULTS.get(path, ...))
@@ -271,10 +277,12 @@ def _compression(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
         raise CheckpointError(f"{folder} has {LM_FILE} but no {COMPRESSION_FILE} (the audio codec of the export)")
     pkg = _read(path)
     name = pkg.get("pretrained")
-    if not isinstance(name, str):
-        raise CheckpointError(f"{path} holds a full audiocraft EnCodec; this engine loads an export whose "
-                              "compression model is a reference to a transformers EnCodec repo (such as "
-                              "facebook/encodec_32khz) only")
+    if not isinstance(name, str):  # a full audiocraft EnCodec (what the official exports hold)
+        if not isinstance(pkg.get("xp.cfg"), str) or not isinstance(pkg.get("best_state"), dict):
+            raise CheckpointError(f"{path} is neither a reference to an EnCodec repo ('pretrained') nor an "
+                                  "audiocraft EnCodec ('best_state' and 'xp.cfg')")
+        cfg = _yaml_config(pkg["xp.cfg"], str(path))
+        return audiocraft_codec.config(cfg, str(path)), audiocraft_codec.tensors(pkg["best_state"], str(path))
     codec = hub.download_repo(name.removeprefix("//pretrained/"), what="the export's audio codec")
     config = json.loads((codec / "config.json").read_text())
     return config, _safetensors(codec, "audio_encoder.", lambda k: True)

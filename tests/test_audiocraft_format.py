@@ -178,12 +178,36 @@ def test_a_code_running_pickle_is_refused_and_never_runs(exports: dict[str, Path
     assert not (tmp_path / "pwned-by-state-dict").exists()
 
 
-def test_a_full_audiocraft_encodec_is_refused_clearly(exports: dict[str, Path], tmp_path: Path,
-                                                       offline: None) -> None:
-    folder = copy_export(exports["mono"], tmp_path / "export")
-    torch.save({"best_state": {"w": torch.zeros(1)}, "xp.cfg": "sample_rate: 32000", "exported": True},
-               folder / audiocraft_format.COMPRESSION_FILE)
-    with pytest.raises(CheckpointError, match="full audiocraft EnCodec"):
+@pytest.fixture(scope="module")
+def full_codec(exports: dict[str, Path], cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The mono export with a full audiocraft EnCodec (audiocraft's own builder and export_encodec) in place of
+    the reference; audiocraft's decode of random codes in oracle_codec.pt."""
+    folder = tmp_path_factory.mktemp("full-codec")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ORACLE), "encodec", str(folder), PROMPT, "40"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copyfile(exports["mono"] / audiocraft_format.LM_FILE, folder / audiocraft_format.LM_FILE)
+    return folder
+
+
+def test_a_full_audiocraft_encodec_decodes_as_audiocraft(full_codec: Path, offline: None) -> None:
+    oracle = torch.load(full_codec / "oracle_codec.pt")
+    mg = MusicGen.from_pretrained(full_codec, device="cpu")
+    audio = mg.decode(oracle["codes"])
+    assert audio.shape == oracle["audio"].shape
+    assert (audio - oracle["audio"].clamp(-1, 1)).abs().max() < 1e-5 * oracle["audio"].abs().max() + 1e-7
+    assert mg.generate(PROMPT, 0.1, temperature=0).audio.abs().max() > 0
+
+
+def test_a_codec_setting_we_cannot_run_is_refused(full_codec: Path, tmp_path: Path, offline: None) -> None:
+    folder = copy_export(full_codec, tmp_path / "export")
+    pkg = torch.load(folder / audiocraft_format.COMPRESSION_FILE, weights_only=True)
+    cfg = yaml.safe_load(pkg["xp.cfg"])
+    cfg["encodec"]["renormalize"] = True
+    pkg["xp.cfg"] = yaml.safe_dump(cfg)
+    torch.save(pkg, folder / audiocraft_format.COMPRESSION_FILE)
+    with pytest.raises(CheckpointError, match="encodec.renormalize = True"):
         MusicGen.from_pretrained(folder, device="cpu")
 
 

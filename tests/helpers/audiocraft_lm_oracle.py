@@ -12,6 +12,7 @@ as "facebook/encodec_32khz", it
    (compression_state_dict.bin, a reference to facebook/encodec_32khz) into OUT_FOLDER;
 3. loads OUT_FOLDER with audiocraft's own `MusicGen.get_pretrained` and generates PROMPT greedily
    (use_sampling=False, cfg_coef 3), FRAMES frames; saves its tokens and audio to OUT_FOLDER/oracle.pt.
+VARIANT = encodec instead builds a tiny full audiocraft EnCodec (`build_codec`).
 
 Stubs, for imports the path never uses (xformers, spacy, num2words, flashy, demucs' pretrained loader: the melody
 model is run without a melody, whose null condition skips demucs) and one real function stood in: librosa's
@@ -141,6 +142,44 @@ def build(variant: str, out: Path, seed: int = 0) -> None:
     export.export_pretrained_compression_model("facebook/encodec_32khz", out / "compression_state_dict.bin")
 
 
+def build_codec(out: Path, frames: int, seed: int = 0) -> None:
+    """A tiny random full EnCodec from audiocraft's own builder and config (model/encodec/default.yaml +
+    encodec_large_nq4_s640.yaml: musicgen's 32 kHz codec, narrower), written with audiocraft's `export_encodec`
+    as compression_state_dict.bin; audiocraft's decode of random codes goes to oracle_codec.pt."""
+    from omegaconf import OmegaConf
+
+    builders = importlib.import_module("audiocraft.models.builders")
+    export = importlib.import_module("audiocraft.utils.export")
+    seanet = importlib.import_module("audiocraft.modules.seanet")  # builders reaches it as audiocraft.modules.X
+    sys.modules["audiocraft.modules"].__dict__.update(SEANetEncoder=seanet.SEANetEncoder,
+                                                      SEANetDecoder=seanet.SEANetDecoder)
+    cfg = OmegaConf.merge(_yaml("model/encodec/default.yaml"), _yaml("model/encodec/encodec_large_nq4_s640.yaml"),
+                          {"sample_rate": 32000, "channels": 1, "device": "cpu",
+                           "seanet": {"n_filters": 4, "dimension": 16}})
+    torch.manual_seed(seed)
+    model = builders.get_compression_model(cfg).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if name.endswith("inited"):
+                t.fill_(1)
+            elif t.is_floating_point():
+                t.copy_(torch.randn(t.shape, generator=gen) * (1.0 if "_codebook" in name else 0.3))
+    raw = out / "training_codec.th"
+    torch.save({"best_state": {"model": model.state_dict()}, "xp.cfg": cfg}, raw)
+    load = torch.load
+    torch.load = functools.partial(load, weights_only=False)  # our own file: it holds an omegaconf config
+    try:
+        export.export_encodec(raw, out / "compression_state_dict.bin")
+    finally:
+        torch.load = load
+    raw.unlink()
+    codes = torch.randint(0, 2048, (1, 4, frames), generator=gen)
+    with torch.no_grad():
+        audio = model.decode(codes)
+    torch.save({"codes": codes, "audio": audio}, out / "oracle_codec.pt")
+
+
 def generate(out: Path, prompt: str, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """audiocraft's MusicGen.get_pretrained(folder), greedy, CFG 3: the tokens [1, K, frames] and the audio
     [1, C, S] it decodes them to."""
@@ -157,6 +196,9 @@ def main() -> None:
     variant, out, prompt, frames = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     _stubs()
     out.mkdir(parents=True, exist_ok=True)
+    if variant == "encodec":
+        build_codec(out, frames)
+        return
     build(variant, out)
     if frames:
         tokens, audio = generate(out, prompt, frames)

@@ -216,15 +216,20 @@ def test_raw_requests_are_refused_readably(server: Server, melody: object, count
                                             None, *EXTRA]).splitlines()[-1]
 
 
-def test_model_switches_under_mixed_traffic_fail_nobody(server: Server) -> None:
-    """Issue 21: concurrent requests spread over two checkpoints (mono and stereo small), so the studio switches
+def test_model_switches_under_mixed_traffic_fail_nobody(server: Server, tmp_path) -> None:
+    """Issue 21: concurrent requests spread over three checkpoints (mono, stereo and melody), so the studio switches
     models while requests hold the current one: every request gets its own music (as alone), none fails."""
-    kinds = [(False, 7), (True, 7), (False, 8), (True, 8), (False, 7), (True, 8)]
+    from test_app import _tune
 
-    def one(kind: tuple[bool, int]) -> np.ndarray:
-        stereo, seed = kind
-        return read(Client(server.url, verbose=False).predict(prompt="80s synthwave", duration=1, stereo=stereo,
-                                                              seed=seed, api_name="/generate"))
+    melody = _tune(tmp_path / "tune.wav", 440)
+    kinds = [("mono", 7), ("stereo", 7), ("melody", 8), ("mono", 8), ("stereo", 8), ("melody", 7), ("mono", 7),
+             ("melody", 8), ("stereo", 7)]
+
+    def one(kind: tuple[str, int]) -> np.ndarray:
+        what, seed = kind
+        extra = {"melody": melody} if what == "melody" else {}
+        return read(Client(server.url, verbose=False).predict(prompt="80s synthwave", duration=1, seed=seed,
+                                                              stereo=what == "stereo", api_name="/generate", **extra))
 
     expected = {k: one(k) for k in set(kinds)}
     got = in_parallel(one, kinds)

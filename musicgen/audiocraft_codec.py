@@ -33,10 +33,13 @@ RULES = [  # audiocraft key -> transformers key (applied in order)
 ]
 
 
-def _at(cfg: Mapping[str, Any], path: str, default: Any = None) -> Any:
+def setting(cfg: Mapping[str, Any], path: str, default: Any = ...) -> Any:
+    """The xp.cfg setting at a dotted `path`; `default` when absent (none given: CheckpointError naming it)."""
     node: Any = cfg
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:
+            if default is ...:
+                raise CheckpointError(f"xp.cfg: missing setting {path}")
             return default
         node = node[part]
     return node
@@ -49,11 +52,11 @@ OPTIONAL = {"encodec.renormalize", "seanet.activation", "seanet.activation_param
 def config(cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
     """transformers' EncodecConfig fields (what config.CodecConfig reads) for an audiocraft EnCodec config."""
     for path, want in MUST:
-        got = _at(cfg, path, want if path in OPTIONAL else None)
+        got = setting(cfg, path, want if path in OPTIONAL else None)
         if got != want:
             raise CheckpointError(f"{where}: the EnCodec's xp.cfg sets {path} = {got!r}; this engine runs {want!r}")
-    seanet, rvq = _at(cfg, "seanet"), _at(cfg, "rvq")
-    if _at(cfg, "seanet.encoder") or set(_at(cfg, "seanet.decoder", {}) or {}) - {"trim_right_ratio",
+    seanet, rvq = setting(cfg, "seanet"), setting(cfg, "rvq")
+    if setting(cfg, "seanet.encoder", None) or set(setting(cfg, "seanet.decoder", {}) or {}) - {"trim_right_ratio",
                                                                                    "final_activation",
                                                                                    "final_activation_params"}:
         raise CheckpointError(f"{where}: the EnCodec's encoder and decoder differ (seanet.encoder / seanet.decoder "
@@ -68,10 +71,11 @@ def config(cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
             "norm_type": "weight_norm", "kernel_size": int(seanet["kernel_size"]),
             "last_kernel_size": int(seanet["last_kernel_size"]),
             "residual_kernel_size": int(seanet["residual_kernel_size"]),
-            "dilation_growth_rate": int(seanet["dilation_base"]), "use_causal_conv": bool(_at(cfg, "encodec.causal")),
+            "dilation_growth_rate": int(seanet["dilation_base"]),
+            "use_causal_conv": bool(setting(cfg, "encodec.causal", False)),
             "pad_mode": str(seanet["pad_mode"]), "compress": int(seanet["compress"]),
             "num_lstm_layers": int(seanet["lstm"]),
-            "trim_right_ratio": float(_at(cfg, "seanet.decoder.trim_right_ratio", 1.0)),
+            "trim_right_ratio": float(setting(cfg, "seanet.decoder.trim_right_ratio", 1.0)),
             "codebook_size": int(rvq["bins"]), "use_conv_shortcut": not bool(seanet["true_skip"]),
             # config.CodecConfig derives the number of codebooks from the largest bandwidth
             "target_bandwidths": [int(rvq["n_q"]) * frame_rate * bits / 1000]}

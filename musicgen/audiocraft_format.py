@@ -80,15 +80,7 @@ def _yaml_config(xp: str, where: str) -> dict[str, Any]:
     return _resolve(raw, raw)
 
 
-def _at(cfg: dict[str, Any], path: str, default: Any = ...) -> Any:
-    node: Any = cfg
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            if default is ...:
-                raise CheckpointError(f"xp.cfg: missing setting {path}")
-            return default
-        node = node[part]
-    return node
+_at = audiocraft_codec.setting
 
 
 # Settings that change the numbers: the value we run (audiocraft's default for MusicGen). Anything else is refused.

@@ -229,18 +229,22 @@ class StemCache:
 cache = StemCache()
 
 
-def content_seed(wave: torch.Tensor) -> int:
-    """A seed from the melody's samples (and shape): the same melody always draws the same shift."""
+def digest(wave: torch.Tensor) -> bytes:
+    """The melody's samples and shape, hashed (once per separation: the shift's seed and the cache key)."""
     h = hashlib.sha256(wave.detach().cpu().float().contiguous().numpy().tobytes())
     h.update(json.dumps(list(wave.shape)).encode())
-    return int.from_bytes(h.digest()[:8], "little")
+    return h.digest()
 
 
-def key_of(wave: torch.Tensor, sample_rate: int, out_rate: int, shifts: tuple[int, ...], sep: Separator,
+def content_seed(wave: torch.Tensor, hashed: bytes | None = None) -> int:
+    """A seed from the melody's samples (and shape): the same melody always draws the same shift."""
+    return int.from_bytes((hashed or digest(wave))[:8], "little")
+
+
+def key_of(hashed: bytes, sample_rate: int, out_rate: int, shifts: tuple[int, ...], sep: Separator,
            device: str) -> str:
-    h = hashlib.sha256(wave.detach().cpu().float().contiguous().numpy().tobytes())
-    h.update(json.dumps([list(wave.shape), sample_rate, out_rate, shifts, sep.origin, device]).encode())
-    return h.hexdigest()
+    meta = json.dumps([sample_rate, out_rate, shifts, sep.origin, device]).encode()
+    return hashlib.sha256(hashed + meta).hexdigest()
 
 
 @contextlib.contextmanager
@@ -270,8 +274,9 @@ def separate(wave: torch.Tensor, sample_rate: int, seed: int | None, out_rate: i
     cache."""
     sep = sep or separator(device)
     x = wave if wave.dim() == 3 else wave[:, None]  # [N, S] mono -> [N, 1, S]
-    shifts = shifts_of(content_seed(x) if seed is None else seed, len(sep.bag.models), sep.bag.samplerate)
-    key = key_of(x, sample_rate, out_rate, shifts, sep, str(device))
+    hashed = digest(x)
+    shifts = shifts_of(content_seed(x, hashed) if seed is None else seed, len(sep.bag.models), sep.bag.samplerate)
+    key = key_of(hashed, sample_rate, out_rate, shifts, sep, str(device))
     if (hit := cache.get(key)) is not None:
         return hit.clone()
 

@@ -150,7 +150,7 @@ class _Preview:
     the measured generation speed, then sent in pieces of at most `max_piece` seconds."""
 
     def __init__(self, mg: MusicGen, frames: int, chunk_seconds: float, max_piece: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], start: float) -> None:
         self.dec = StreamDecoder(mg.codec, mg.audio_channels, frames)
         self.sr, self.frame_rate, self.frames = mg.sample_rate, mg.frame_rate, frames
         self.chunk_seconds, self.max_piece, self.clock = chunk_seconds, max_piece, clock
@@ -158,7 +158,7 @@ class _Preview:
         self.decoded: list[np.ndarray] = []  # every sample decoded, sent or not
         self.sent = 0  # samples already sent in chunks
         self.playing = False
-        self.last = clock()
+        self.last = start  # the run's start: the first decode waits a chunk interval from there
         self.first: tuple[float, int] | None = None  # (time, frames) at the first decode step: the speed reference
 
     def push(self, tokens: torch.Tensor) -> Iterator[Chunk]:
@@ -206,8 +206,8 @@ def run(mg: MusicGen, req: Request, melody: Clip | None = None, *, continuation:
     seconds (small segments keep a streaming player's playlist polling fast)."""
     seed = req.seed if req.seed is not None else fresh_seed()
     frames = round(req.duration * mg.frame_rate)
-    live = _Preview(mg, frames, chunk_seconds, max_piece, clock) if stream and mg.can_stream else None
     start = clock()
+    live = _Preview(mg, frames, chunk_seconds, max_piece, clock, start) if stream and mg.can_stream else None
     lm_steps = 0  # decode steps, where the engine's progress ticks for the diffusion decoder start
     out: GenerationOutput | None = None
     o = generation_options(req, seed, melody, continuation)

@@ -23,7 +23,6 @@ output_proj fits. AUDIOCRAFT_ORACLE_SIZES (JSON: dim, num_heads, num_layers, car
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.machinery
 import json
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from audiocraft_oracle import _module, _Unused  # this folder is the script's sys.path[0]
+from audiocraft_oracle import _module, _Unused, trusted_torch_load  # this folder is the script's sys.path[0]
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / ".venv" / "oracles" / "audiocraft-1.3.0"
@@ -120,6 +119,15 @@ def _t5_width(cond: Any) -> None:
     cond.T5Conditioner.MODELS_DIMS = {**cond.T5Conditioner.MODELS_DIMS, "t5-base": width}
 
 
+def _export(export_fn: Any, model: torch.nn.Module, cfg: Any, out_file: Path, **extra: Any) -> None:
+    """A training checkpoint of `model` as audiocraft's solvers save it, then audiocraft's own export of it."""
+    raw = out_file.with_name(out_file.name + ".training")
+    torch.save({"best_state": {"model": model.state_dict()}, "xp.cfg": cfg, **extra}, raw)
+    with trusted_torch_load():  # our own file: it holds an omegaconf config
+        export_fn(raw, out_file)
+    raw.unlink()
+
+
 def build(variant: str, out: Path, seed: int = 0) -> None:
     """A tiny random LM from audiocraft's builders, exported with audiocraft's own export functions."""
     cond = importlib.import_module("audiocraft.modules.conditioners")
@@ -130,15 +138,7 @@ def build(variant: str, out: Path, seed: int = 0) -> None:
     cfg = config(variant)
     lm = builders.get_lm_model(cfg)
     _randomize(lm, seed)
-    raw = out / "training_checkpoint.th"
-    torch.save({"best_state": {"model": lm.state_dict()}, "fsdp_best_state": None, "xp.cfg": cfg}, raw)
-    load = torch.load
-    torch.load = functools.partial(load, weights_only=False)  # our own file: it holds an omegaconf config
-    try:
-        export.export_lm(raw, out / "state_dict.bin")
-    finally:
-        torch.load = load
-    raw.unlink()
+    _export(export.export_lm, lm, cfg, out / "state_dict.bin", fsdp_best_state=None)
     export.export_pretrained_compression_model("facebook/encodec_32khz", out / "compression_state_dict.bin")
 
 
@@ -165,15 +165,7 @@ def build_codec(out: Path, frames: int, seed: int = 0) -> None:
                 t.fill_(1)
             elif t.is_floating_point():
                 t.copy_(torch.randn(t.shape, generator=gen) * (1.0 if "_codebook" in name else 0.3))
-    raw = out / "training_codec.th"
-    torch.save({"best_state": {"model": model.state_dict()}, "xp.cfg": cfg}, raw)
-    load = torch.load
-    torch.load = functools.partial(load, weights_only=False)  # our own file: it holds an omegaconf config
-    try:
-        export.export_encodec(raw, out / "compression_state_dict.bin")
-    finally:
-        torch.load = load
-    raw.unlink()
+    _export(export.export_encodec, model, cfg, out / "compression_state_dict.bin")
     codes = torch.randint(0, 2048, (1, 4, frames), generator=gen)
     with torch.no_grad():
         audio = model.decode(codes)

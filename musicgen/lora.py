@@ -210,7 +210,7 @@ class MergedCheckpoint(Checkpoint):
             if key not in self:
                 raise CheckpointError(f"LoRA adapter {adapter.folder} targets {key!r}, which the base checkpoint in "
                                       f"{self.folder} does not hold")
-            _, dtype, shape, _, _ = self._where[key]
+            dtype, shape = self.spec(key)
             if shape != delta.shape or not DTYPES[dtype].is_floating_point:
                 raise CheckpointError(f"LoRA adapter {adapter.folder}: the update of {key!r} has shape {delta.shape}, "
                                       f"but the base tensor is {dtype} {shape} (an adapter for another model?)")

@@ -138,12 +138,12 @@ class Scheduler:
         `stopped()` turning true (polled every STOP_POLL seconds: for a reader in another thread, which cannot
         close a generator that is waiting, e.g. a visitor who leaves while still in line)."""
         o = make_options(options, **({} if duration is None else {"duration": duration}), **changes)
-        o = separate_melody(self.mg, prompts, o, stopped)  # here, in the requester's thread: the loop keeps stepping
         rows = request_rows(prompts, o)
         if rows > self.max_rows:
             raise InvalidInputError(f"these prompts need {rows} rows; this server runs at most {self.max_rows} "
                                     "at once")
         mbd = self.mg.mbd if o.decoder == "mbd" else None  # fetched now, so a download error comes early
+        o = separate_melody(self.mg, prompts, o, stopped)  # here, in the requester's thread: the loop keeps stepping
         ticket = Ticket(prompts, o, rows, mbd.total_steps if mbd is not None else 0)
         with self._cv:
             if self._closed:

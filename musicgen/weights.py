@@ -120,6 +120,11 @@ class Checkpoint:
     def __contains__(self, key: str) -> bool:
         return key in self._where
 
+    def spec(self, key: str) -> tuple[str, tuple[int, ...]]:
+        """A tensor's safetensors dtype name and shape, without reading it."""
+        _, dtype, shape, _, _ = self._where[key]
+        return dtype, shape
+
     def tensor(self, key: str) -> torch.Tensor:
         """A copy of tensor `key` in ordinary memory; its pages are then dropped from the mapping."""
         if key not in self._where:

@@ -89,7 +89,7 @@ class Studio:
         if req.model not in self.models:
             offered = ", ".join(repr(n) for n in self.models) or "none"
             raise InvalidInputError(f"model {req.model!r} is not offered by this server: its own models are {offered} "
-                                 "(or leave model empty for Meta's, chosen by model_size, stereo and melody)")
+                                    "(or leave model empty for Meta's, chosen by model_size, stereo and melody)")
         return self.models[req.model], None
 
     def model(self, job: Job, on_load: Callable[[str], None] | None = None) -> MusicGen:
@@ -99,7 +99,7 @@ class Studio:
 
     def separates(self, job: Job) -> bool:
         """Will this job's melody be separated into stems first (seconds to a minute on a CPU)?"""
-        return job.melody is not None and stems.wanted(job.req.separate_melody)
+        return _separates(job.req, job.melody)
 
     def slow_diffusion(self, job: Job) -> bool:
         """Will this job's decode be multi-band diffusion on a CPU (minutes; seconds on a GPU)?"""
@@ -184,6 +184,11 @@ def _unheard(req: request.Request, clip: session.Clip | None) -> list[str]:
     return [f"Timeline: {n}." for n in notes]
 
 
+def _separates(req: request.Request, melody: object) -> bool:
+    """Does a request with this melody (None: none) separate its stems first?"""
+    return melody is not None and stems.wanted(req.separate_melody)
+
+
 def _spaces() -> Any:
     """Hugging Face's `spaces` package (present on a ZeroGPU Space), else None."""
     try:
@@ -201,8 +206,7 @@ def _zero_gpu(fn: Callable) -> Callable:
 
     def budget(repo: str, req: request.Request, melody: object, continuation: object, stream: bool) -> int:
         size = req.model_size if not req.model else "large"  # an owner's model: budget as for the largest
-        separation = melody is not None and stems.wanted(req.separate_melody)
-        return catalog.gpu_seconds(size, req.duration, req.decoder, req.takes, separation)
+        return catalog.gpu_seconds(size, req.duration, req.decoder, req.takes, _separates(req, melody))
 
     return spaces.GPU(duration=budget)(fn)
 

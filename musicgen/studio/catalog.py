@@ -96,8 +96,6 @@ def describe_oom(device: torch.device | str | None) -> str:
             "duration, or mono instead of stereo")
 
 
-
-
 ENV_MODELS = "MUSICGEN_MODELS"  # a Space's variable: the owner's models, as --models takes them
 MODEL_NAME = re.compile(r"[\w .()+'/-]{1,60}")  # a display name: what the page shows and the API's `model` takes
 

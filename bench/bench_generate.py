@@ -214,7 +214,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads [2]")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "musicgen-bench")
     ap.add_argument("--engines", default="fp32,int8,transformers",
-                    help="comma list of fp32, int8, int8-weight-only, int4, transformers [fp32,int8,transformers]")
+                    help="comma list of fp32, int8, int8-python (int8 without the C++ kernel), int8-weight-only, int4, "
+                    "transformers [fp32,int8,transformers]")
     ap.add_argument("--no-rss", action="store_true", help="skip the per-engine peak-RSS processes")
     ap.add_argument("--ort", default=None, help="an optimum ONNX export of the same weights (scripts/export_onnx.sh): "
                     "adds the engines ort (float32) and ort-int8 (its q8 decoders)")
@@ -236,7 +237,12 @@ def main() -> None:
 
             loaded[e] = MusicgenForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
         else:
-            loaded[e] = MusicGen.from_pretrained(model, device="cpu", quantize=None if e == "fp32" else e)
+            quantize = {"fp32": None, "int8-python": "int8"}.get(e, e)
+            loaded[e] = MusicGen.from_pretrained(model, device="cpu", quantize=quantize)
+            if e == "int8-python":  # the same int8 without the C++ kernel (native.py): ~10 torch ops per linear
+                for m in loaded[e].lm.modules():
+                    if hasattr(m, "native"):
+                        m.native = False
     tok_source = next((m for m in loaded.values() if isinstance(m, MusicGen)), None)
     if tok_source is None:
         tok_source = MusicGen.from_pretrained(model, device="cpu")
@@ -280,7 +286,7 @@ def main() -> None:
               f"(max {q['max_kl']:.3f})")
     if not args.no_rss:
         del loaded
-        for e in [e for e in engines if not e.startswith("ort")]:
+        for e in [e for e in engines if not e.startswith("ort") and e != "int8-python"]:
             r = rss_of(e, model, frames)
             ratio = (r["peak"] - r["base"]) / r["weights"]
             print(f"peak RSS {e:<18} {r['peak']:7.0f} MB (after imports {r['base']:.0f}, after load "

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
+
 INT8_MAX = 127.0
 QUANTIZE = (None, "int8", "int8-weight-only", "int4")  # what `quantize` may be
 INT4_GROUPS = (64, 32)  # input weights per int4 scale / zero: gpt-fast's default 64 (128 measured no faster here),
@@ -82,11 +84,12 @@ class DynamicInt8Linear(nn.Module):
     Weights: int8 per output channel, prepacked once. Activations: each row symmetric with its own scale
     s_r = max|x_r| / HALF, so a row's result is the same whatever other rows share the batch (the decode
     batch of serve.py holds strangers' requests: a seed must give the same music alone or beside others).
-    fbgemm's `linear_dynamic` quantizes its input with one scale for the whole tensor; we hand it rows that
-    are already integers in [-HALF, HALF] plus one sentinel row [-MID, QMAX - MID, 0, ...], which makes its
-    chosen scale exactly 1 and zero point MID, so its quantization is the identity and the int32 sums are
-    exact: y_r = s_r * w_scale * sum(q_r * W_q). Without VNNI, fbgemm multiplies u8 x s8 pairs into
-    saturating int16 (vpmaddubsw), so activations then get 7 bits (reduce_range) to stay exact."""
+    fbgemm's `linear_dynamic` quantizes its input with one scale for the whole tensor; we hand its
+    `linear_with_input_q_dq_qweight_dq_output_fp32` rows that are already integers in [-HALF, HALF] with
+    input scale 1 and zero point MID, so its quantization is the identity and the int32 sums are exact:
+    y_r = s_r * w_scale * sum(q_r * W_q). Without VNNI, fbgemm multiplies u8 x s8 pairs into saturating int16
+    (vpmaddubsw), so activations then get 7 bits (reduce_range) to stay exact. The C++ kernel (native.py) does
+    the same in one call; `native=False` (or no compiler) keeps the ~10 torch ops, with identical results."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -98,6 +101,7 @@ class DynamicInt8Linear(nn.Module):
         self.packed = torch.ops.quantized.linear_prepack(qw, None)  # fbgemm keeps only its packed copy
         self.in_features, self.out_features = in_features, out_features
         self.reduce_range = not has_vnni()
+        self.native = native.load()
 
     @property
     def reduce_range(self) -> bool:
@@ -105,12 +109,10 @@ class DynamicInt8Linear(nn.Module):
 
     @reduce_range.setter
     def reduce_range(self, value: bool) -> None:
-        """7-bit activations (non-VNNI CPUs) or 8-bit: the quantized range and the sentinel row follow."""
+        """7-bit activations (non-VNNI CPUs) or 8-bit: the quantized range follows."""
         self._reduce_range = value
         qmax = 127 if value else 255  # fbgemm's activation range: [0, 127] with reduce_range, else [0, 255]
         self.mid, self.half = (qmax + 1) // 2, (qmax + 1) // 2 - 1
-        self.sentinel = torch.zeros(1, self.in_features)
-        self.sentinel[0, 0], self.sentinel[0, 1] = -self.mid, qmax - self.mid
 
     @property
     def nbytes(self) -> int:
@@ -118,11 +120,12 @@ class DynamicInt8Linear(nn.Module):
         return self.in_features * self.out_features + 4 * self.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native:
+            return native.rowwise_int8_linear(x, self.packed, self.half, self.mid)
         rows = x.reshape(-1, self.in_features)
-        M = rows.shape[0]
         s = rows.abs().amax(1, keepdim=True).clamp_(min=1e-30).div_(self.half)  # [M, 1] per-row scales
-        q = torch.cat([torch.div(rows, s).round_(), self.sentinel])  # [M + 1, in]: integers, then the sentinel
-        y = torch.ops.quantized.linear_dynamic(q, self.packed, self.reduce_range)[:M]
+        q = torch.div(rows, s).round_()  # [M, in]: integers in [-half, half]
+        y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(q, 1.0, self.mid, self.packed)
         return y.mul_(s).view(*x.shape[:-1], self.out_features)
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .config import LMConfig
 from .layout import relayout_linears
 from .weights import Cat, Checkpoint, Source, embedding, load_module, release_free_memory
@@ -112,6 +113,8 @@ class SelfAttention(nn.Module):
         """qkv [B, T, 3D] of queries at cache slots pos..pos+T-1 -> attention output [B, T, D] (before `out`);
         their keys and values are written into the cache [B, H, T_max, hd]."""
         B, T, _ = qkv.shape
+        if T == 1 and mask is None and isinstance(pos, int) and native.attention_usable(qkv, k_cache):
+            return native.decode_attention(qkv, k_cache, v_cache, pos)  # the decode step on a CPU: one call
         q, k, v = qkv.view(B, T, 3, self.h, self.hd).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
         if isinstance(pos, torch.Tensor):  # static shapes (compile / CUDA graphs): whole cache, masked
             k_cache.index_copy_(2, pos.view(1), k)
@@ -332,7 +335,10 @@ class LM(nn.Module):
     def from_checkpoint(cls, cfg: LMConfig, text_dim: int, num_chroma: int | None, ckpt: Checkpoint,
                         device: torch.device, dtype: torch.dtype, quantize: str | None = None) -> LM:
         """Load layer by layer, giving each its fast weight layout (`layout.relayout_linears`) right away,
-        so that loading never holds much more than the final weights plus one float layer."""
+        so that loading never holds much more than the final weights plus one float layer. On a CPU the C++
+        decode kernels are built (once per machine) or found here, not at the first step (native.py)."""
+        if device.type == "cpu":
+            native.load()
         with torch.device("meta"):
             model = cls(cfg, text_dim, num_chroma)
         parts = [(f"layers.{i}.", layer) for i, layer in enumerate(model.layers)]

@@ -1,0 +1,107 @@
+"""Our one C++ kernel: the int8 linear of a decode step in one call, built on first use.
+
+A decode step of musicgen-small runs ~150 int8 linears on a few rows each. Around fbgemm's GEMM, the
+batch-invariant row-wise quantization (layout.DynamicInt8Linear) costs ~10 small torch ops per linear in
+Python; `csrc/decode_ops.cpp` does the same arithmetic in one call, bit for bit (tests/test_native.py).
+It is compiled here with torch's extension builder (g++ and ninja, ~10 s once; cached under
+TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions). Where that is not possible (no compiler, not
+x86 with AVX2, `MUSICGEN_NATIVE=0`), `load()` says why once and the Python path runs: same results, slower.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "decode_ops.cpp"
+NAME = "musicgen_native"  # torch's builder rebuilds (as NAME_v1, ...) when the source or the flags change
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno")  # AVX2 as fbgemm itself needs; exact IEEE division and
+# rounding (no -ffast-math), so the results equal torch's
+ENV = "MUSICGEN_NATIVE"  # "0": never build or use it
+STALE_LOCK_S = 600  # a build takes ~10 s: a lock file this old was left by a killed build, and torch would wait on it
+
+
+def _ninja_on_path() -> None:
+    """torch's builder runs `ninja` from PATH: the pip package's binary (requirements.txt) when none is there."""
+    if shutil.which("ninja") is not None:
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def build_folder() -> Path:
+    """Where the kernel is built and cached: under TORCH_EXTENSIONS_DIR as torch's builder would, by name."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    return Path(root) / NAME
+
+
+def _clear_stale_lock(folder: Path) -> None:
+    """torch's builder waits for as long as a `lock` file exists: one left by a killed build would hang us."""
+    lock = folder / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink()
+            log.warning("musicgen: removed a stale build lock %s", lock)
+    except OSError:
+        pass
+
+
+def why_not() -> str | None:
+    """Why the kernel cannot be used here (None: it can be tried)."""
+    if os.environ.get(ENV, "1") == "0":
+        return f"{ENV}=0"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return f"needs an x86 CPU with AVX2 (this one: {torch.backends.cpu.get_cpu_capability()})"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return "no C++ compiler (install g++)"
+    return None
+
+
+@functools.cache
+def load() -> bool:
+    """Build (once per machine) and load the kernel; False, with one log line saying why, where it cannot."""
+    reason = why_not()
+    if reason is None:
+        _ninja_on_path()
+        try:  # (its import warns about CUDA_HOME on machines without CUDA: not our concern on a CPU)
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            from torch.utils.cpp_extension import load as build
+
+            folder = build_folder()
+            folder.mkdir(parents=True, exist_ok=True)
+            _clear_stale_lock(folder)
+            build(name=NAME, sources=[str(SOURCE)], extra_cflags=list(FLAGS), build_directory=str(folder),
+                  is_python_module=False, verbose=False)
+            return True
+        except Exception as e:  # a failed build must not stop the engine: the Python path is exact too
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    log.warning("musicgen: the C++ int8 kernel is not used (%s); int8 runs its Python path, ~10-20 %% slower", reason)
+    return False
+
+
+def rowwise_int8_linear(x: torch.Tensor, packed: object, half: int, mid: int) -> torch.Tensor:
+    """x [..., in] -> [..., out]: every row quantized on its own, fbgemm's exact int32 sums, rescaled."""
+    return torch.ops.musicgen_native.rowwise_int8_linear(x, packed, half, mid)
+
+
+def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int) -> torch.Tensor:
+    """One decode step's self-attention for rows without a mask: qkv [B, 1, 3D] -> [B, 1, D]; writes the new
+    keys / values at slot `pos` of the caches [B, H, T_max, hd] and attends to slots 0..pos."""
+    return torch.ops.musicgen_native.decode_attention(qkv, k_cache, v_cache, pos)
+
+
+def attention_usable(qkv: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """float32 on the CPU, each (row, head) of the cache contiguous, and the kernel built."""
+    return (qkv.device.type == "cpu" and qkv.dtype == k_cache.dtype == torch.float32 and qkv.is_contiguous()
+            and k_cache.stride(-1) == 1 and k_cache.stride(-2) == k_cache.shape[-1] and load())

@@ -1,0 +1,109 @@
+"""The C++ decode kernels (musicgen/native.py) against the torch code they replace.
+
+The int8 linear must equal layout.DynamicInt8Linear's Python path bit for bit (the same quantization, the
+same exact integer sums); the attention must match torch's scaled_dot_product_attention within float32
+rounding and write the new keys and values where the eager path writes them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from musicgen import layout, native
+from musicgen.layout import DynamicInt8Linear
+
+needs_native = pytest.mark.skipif(not native.load(), reason=f"the C++ kernels are not built here: {native.why_not()}")
+
+
+@needs_native
+@pytest.mark.parametrize("reduce_range", [True, False])
+@pytest.mark.parametrize("shape", [(2, 1, 256), (9, 256), (3, 2, 1, 256), (1, 256)])
+def test_int8_linear_equals_the_python_path(reduce_range: bool, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    q = DynamicInt8Linear(torch.randn(96, 256) * 0.05)
+    q.reduce_range = reduce_range or not layout.has_vnni()
+    x = torch.randn(shape) * torch.logspace(-3, 2, shape[0]).view(-1, *[1] * (len(shape) - 1))
+    assert q.native
+    y = q(x)
+    q.native = False
+    ref = q(x)
+    assert y.shape == ref.shape == (*shape[:-1], 96)
+    assert torch.equal(y, ref)
+    assert torch.equal(native.rowwise_int8_linear(torch.zeros(2, 256), q.packed, q.half, q.mid), torch.zeros(2, 96))
+
+
+@needs_native
+def test_int8_linear_rows_are_independent() -> None:
+    torch.manual_seed(1)
+    q = DynamicInt8Linear(torch.randn(64, 128))
+    x = torch.randn(7, 128)
+    y = q(x)
+    for rows in ([0], [6], [5, 2], list(range(7))[::-1]):
+        assert torch.equal(q(x[rows]), y[rows])
+
+
+def reference_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int) -> torch.Tensor:
+    """The eager path of lm.SelfAttention.attend."""
+    B, _, H, _, hd = (*qkv.shape[:2], *k_cache.shape[1:3], k_cache.shape[3])
+    q, k, v = qkv.view(B, 1, 3, H, hd).permute(2, 0, 3, 1, 4)
+    k_cache[:, :, pos : pos + 1] = k
+    v_cache[:, :, pos : pos + 1] = v
+    y = F.scaled_dot_product_attention(q, k_cache[:, :, : pos + 1], v_cache[:, :, : pos + 1])
+    return y.transpose(1, 2).reshape(B, 1, H * hd)
+
+
+@needs_native
+@pytest.mark.parametrize(("B", "H", "hd", "T", "pos"), [(2, 16, 64, 64, 0), (2, 16, 64, 300, 1), (2, 4, 64, 300, 250),
+                                                       (3, 4, 12, 40, 17), (1, 2, 16, 9, 8), (4, 24, 64, 100, 99)])
+def test_decode_attention_matches_sdpa(B: int, H: int, hd: int, T: int, pos: int) -> None:
+    torch.manual_seed(2)
+    k_cache, v_cache = torch.randn(B, H, T, hd), torch.randn(B, H, T, hd)
+    qkv = torch.randn(B, 1, 3 * H * hd) * 3
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    ref = reference_attention(qkv, k_ref, v_ref, pos)
+    assert native.attention_usable(qkv, k_cache)
+    y = native.decode_attention(qkv, k_cache, v_cache, pos)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-6)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)  # the same slots written, nothing else
+
+
+@needs_native
+def test_decode_attention_on_a_cache_view_and_its_rows_are_independent() -> None:
+    """The scheduler hands each request a slice of one big cache: rows strided apart in the batch dim."""
+    torch.manual_seed(3)
+    big_k, big_v = torch.randn(2, 6, 4, 50, 64), torch.randn(2, 6, 4, 50, 64)  # [layers, rows, H, T, hd]
+    k, v = big_k[1, 2:5], big_v[1, 2:5]
+    qkv = torch.randn(3, 1, 3 * 4 * 64)
+    k_ref, v_ref = k.clone(), v.clone()
+    ref = reference_attention(qkv, k_ref, v_ref, 30)
+    y = native.decode_attention(qkv, k, v, 30)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-6)
+    assert torch.equal(big_k[1, 2:5], k_ref) and torch.equal(big_k[0], big_k[0].clone())
+    alone = native.decode_attention(qkv[1:2].contiguous(), big_k[1, 3:4], big_v[1, 3:4], 30)
+    assert torch.equal(alone, y[1:2])
+
+
+@needs_native
+def test_decode_attention_refuses_what_it_cannot_do() -> None:
+    qkv = torch.randn(2, 1, 3 * 64)
+    k = torch.zeros(2, 1, 10, 64)
+    with pytest.raises(RuntimeError, match="shapes"):
+        native.decode_attention(qkv, k, k.clone(), 10)  # beyond the cache
+    assert not native.attention_usable(qkv.double(), k.double())
+    assert not native.attention_usable(qkv, k.transpose(2, 3))
+
+
+def test_the_kernels_can_be_switched_off() -> None:
+    """MUSICGEN_NATIVE=0: nothing is built, int8 runs its Python path (a fresh interpreter: load() is cached)."""
+    code = ("import torch; from musicgen import native, layout; print(native.load(), native.why_not(), "
+            "layout.DynamicInt8Linear(torch.randn(8, 16)).native if layout.dynamic_int8_available("
+            "torch.device('cpu')) else False)")
+    env = {**os.environ, native.ENV: "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False", f"{native.ENV}=0", "False"]
+    assert "not used (MUSICGEN_NATIVE=0)" in out.stderr

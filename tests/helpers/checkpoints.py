@@ -780,10 +780,16 @@ def build_checkpoint(
     return model, save_checkpoint(model, Path(folder), layout)
 
 
+#: facebook/musicgen-medium's decoder (its config.json): everything else is as in small (T5-base, EnCodec 32 kHz)
+MEDIUM_DECODER = {"hidden_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 24, "ffn_dim": 6144}
+
+
 @torch.no_grad()
-def build_real_size(folder: Path, layout: str = "hub", seed: int = 0, t5_embedding: str = "shared") -> Path:
-    """Random-weight model with facebook/musicgen-small's exact config, saved in ``layout`` (``"bin"``: one
-    2.364 GB pytorch_model.bin, the layout of facebook/musicgen-medium at small's size).
+def build_real_size(folder: Path, layout: str = "hub", seed: int = 0, t5_embedding: str = "shared",
+                    size: str = "small") -> Path:
+    """Random-weight model with facebook/musicgen-small's exact config (``size="medium"``: medium's decoder),
+    saved in ``layout`` (``"bin"``: one 2.364 GB pytorch_model.bin, the layout of facebook/musicgen-medium at
+    small's size).
 
     Weights keep transformers' default init except the EnCodec codebooks (N(0, 1)). The hub layout is a
     single model.safetensors, as on the Hub; with the default ``t5_embedding="shared"`` it is 2.364 GB, in
@@ -791,7 +797,13 @@ def build_real_size(folder: Path, layout: str = "hub", seed: int = 0, t5_embeddi
     2.46 GB). Takes ~20 s and ~5.5 GB of RAM.
     """
     torch.manual_seed(seed)
-    config = MusicgenConfig(**copy.deepcopy(REAL_SMALL_CONFIG))
+    raw = copy.deepcopy(REAL_SMALL_CONFIG)
+    if size == "medium":
+        raw["decoder"].update(MEDIUM_DECODER)
+        raw["_name_or_path"] = "facebook/musicgen-medium"
+    elif size != "small":
+        raise ValueError(f"size must be 'small' or 'medium', got {size!r}")
+    config = MusicgenConfig(**raw)
     model = MusicgenForConditionalGeneration(config).to(torch.float32).eval()
     gen = torch.Generator().manual_seed(seed)
     for module in model.modules():

@@ -151,7 +151,7 @@ def guided_logits(mg, seq: torch.Tensor, frames: int) -> torch.Tensor:
     text, mask = mg.encode_text([PROMPT])
     cond = mg.lm.condition(text, mask, guided=True)
     steps = seq.shape[-1] - 1
-    cache = KVCache.empty(mg.cfg.lm, 2, steps, mg.device, mg.lm.dtype)
+    cache = KVCache.empty(mg.cfg.lm, 2, steps, mg.device, mg.lm.cache_dtype)
     out = []
     for s in range(steps):
         c, u = decode_step(mg.lm, seq[:, :, s].repeat(2, 1), torch.tensor(s), cache, cond).chunk(2)
@@ -214,8 +214,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads [2]")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "musicgen-bench")
     ap.add_argument("--engines", default="fp32,int8,transformers",
-                    help="comma list of fp32, int8, int8-python (int8 without the C++ kernel), int8-weight-only, int4, "
-                    "transformers [fp32,int8,transformers]")
+                    help="comma list of fp32, int8, int8-weight-only, int4, transformers, and any of ours + '-torch' "
+                    "(without the C++ decode kernels) [fp32,int8,transformers]")
     ap.add_argument("--no-rss", action="store_true", help="skip the per-engine peak-RSS processes")
     ap.add_argument("--ort", default=None, help="an optimum ONNX export of the same weights (scripts/export_onnx.sh): "
                     "adds the engines ort (float32) and ort-int8 (its q8 decoders)")
@@ -237,9 +237,10 @@ def main() -> None:
 
             loaded[e] = MusicgenForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
         else:
-            quantize = {"fp32": None, "int8-python": "int8"}.get(e, e)
-            loaded[e] = MusicGen.from_pretrained(model, device="cpu", quantize=quantize)
-            if e == "int8-python":  # the same int8 without the C++ kernel (native.py): ~10 torch ops per linear
+            quantize = e.removesuffix("-torch")
+            loaded[e] = MusicGen.from_pretrained(model, device="cpu", quantize=None if quantize == "fp32" else quantize)
+            if e.endswith("-torch"):  # without the C++ decode kernels (native.py): torch ops, as before them
+                loaded[e].lm.kv_dtype = None  # (a float32 KV cache)
                 for m in loaded[e].lm.modules():
                     if hasattr(m, "native"):
                         m.native = False
@@ -272,13 +273,14 @@ def main() -> None:
         total = b["t5_s"] + b["lm_s"] + b["decode_s"]
         print(f"{e:<18}{b['steps_per_s']:>9.2f}{total / audio_s:>7.2f}{gbs}{b['t5_s']:>7.2f}"
               f"{b['decode_s']:>10.2f}{total:>9.1f}")
-    for anchor, ours in (("transformers", None), ("ort", "fp32"), ("ort-int8", "int8")):
-        for e in ([ours] if ours else engines):
-            if anchor in best and e in best and e != anchor:
+    for e in best:
+        anchors = ["transformers"] + (["ort"] if e.startswith("fp32") else ["ort-int8"] if e.startswith("int") else [])
+        for anchor in anchors:
+            if anchor in best and e != anchor and not e.startswith(("ort", "transformers")):
                 ratio = best[e]["steps_per_s"] / best[anchor]["steps_per_s"]
                 print(f"ratio {e} / {anchor}: {ratio:.2f}x decode steps/s")
     print("all runs (steps/s): " + json.dumps({k: [round(x["steps_per_s"], 2) for x in v] for k, v in results.items()}))
-    for e in [e for e in engines if e.startswith("int") and "fp32" in loaded]:  # int8, int4 (not ort-int8)
+    for e in [e for e in engines if e.startswith("int") and not e.endswith("-torch") and "fp32" in loaded]:
         q = int8_quality(loaded["fp32"], loaded[e], frames)
         print(f"{e} vs float32 over {frames} frames: greedy token agreement {q['token_agreement']:.3f} "
               f"(identical for the first {q['frames_identical_before_first_divergence']} frames), teacher-forced "
@@ -286,7 +288,7 @@ def main() -> None:
               f"(max {q['max_kl']:.3f})")
     if not args.no_rss:
         del loaded
-        for e in [e for e in engines if not e.startswith("ort") and e != "int8-python"]:
+        for e in [e for e in engines if not e.startswith("ort") and not e.endswith("-torch")]:
             r = rss_of(e, model, frames)
             ratio = (r["peak"] - r["base"]) / r["weights"]
             print(f"peak RSS {e:<18} {r['peak']:7.0f} MB (after imports {r['base']:.0f}, after load "

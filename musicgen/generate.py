@@ -64,7 +64,7 @@ class Generation:
 
     def begin(self, alloc: AllocFn | None = None) -> None:
         """Prepare the first window; `alloc(rows, slots)` gives each window its cache (default: a new one)."""
-        self._alloc = alloc or (lambda rows, n: KVCache.empty(self.lm.cfg, rows, n, self.device, self.lm.dtype))
+        self._alloc = alloc or (lambda rows, n: KVCache.empty(self.lm.cfg, rows, n, self.device, self.lm.cache_dtype))
         self._start(0)
 
     @torch.inference_mode()

@@ -103,6 +103,7 @@ class SelfAttention(nn.Module):
         self.h, self.hd = cfg.num_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.native = True  # the C++ decode attention where it applies (native.py); False: torch's SDPA
 
     def forward(self, x: torch.Tensor, pos: int | torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
@@ -113,17 +114,19 @@ class SelfAttention(nn.Module):
         """qkv [B, T, 3D] of queries at cache slots pos..pos+T-1 -> attention output [B, T, D] (before `out`);
         their keys and values are written into the cache [B, H, T_max, hd]."""
         B, T, _ = qkv.shape
-        if T == 1 and mask is None and isinstance(pos, int) and native.attention_usable(qkv, k_cache):
-            return native.decode_attention(qkv, k_cache, v_cache, pos)  # the decode step on a CPU: one call
+        if T == 1 and isinstance(pos, int) and self.native and native.attention_usable(qkv, k_cache):
+            valid = None if mask is None else mask.reshape(mask.shape[0], -1).expand(B, -1)  # [B, pos + 1]
+            return native.decode_attention(qkv, k_cache, v_cache, pos, valid)  # the decode step on a CPU: one call
         q, k, v = qkv.view(B, T, 3, self.h, self.hd).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
         if isinstance(pos, torch.Tensor):  # static shapes (compile / CUDA graphs): whole cache, masked
-            k_cache.index_copy_(2, pos.view(1), k)
-            v_cache.index_copy_(2, pos.view(1), v)
+            k_cache.index_copy_(2, pos.view(1), k.to(k_cache.dtype))
+            v_cache.index_copy_(2, pos.view(1), v.to(v_cache.dtype))
             keys, values = k_cache, v_cache
         else:  # eager: attend to the filled part only
             k_cache[:, :, pos : pos + T] = k
             v_cache[:, :, pos : pos + T] = v
             keys, values = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]
+        keys, values = keys.to(q.dtype), values.to(q.dtype)  # a bfloat16 cache (see LM.cache_dtype): widened
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return y.transpose(1, 2).reshape(B, T, self.h * self.hd)
 
@@ -202,6 +205,7 @@ class LM(nn.Module):
         self.heads = nn.Linear(D, K * cfg.card, bias=False)  # the K output heads stacked
         self.register_buffer("pos_table", torch.empty(cfg.max_positions, D), persistent=False)
         self.register_buffer("emb_offsets", torch.empty(K, dtype=torch.long), persistent=False)
+        self.kv_dtype: torch.dtype | None = None  # the KV cache's, when not the model's: see cache_dtype
 
     def init_buffers(self, device: torch.device, dtype: torch.dtype) -> None:
         """Non-persistent buffers are not in the checkpoint: compute them after a meta-device build."""
@@ -212,6 +216,13 @@ class LM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.norm.weight.dtype
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """The self-attention KV cache's dtype: the model's, or bfloat16 for int8 / int4 models on a CPU with the C++
+        attention (native.py), which reads it at half the bytes (a step reads the whole cache so far; quality in
+        README's Speed) and widens it to float32 as it goes."""
+        return self.kv_dtype or self.dtype
 
     def condition(self, text: torch.Tensor, mask: torch.Tensor, guided: bool,
                   chroma: torch.Tensor | None = None) -> Condition:
@@ -348,6 +359,8 @@ class LM(nn.Module):
             relayout_linears(part, device, quantize)
             release_free_memory()
         relayout_linears(model, device, quantize)  # the parts that are linears themselves (the heads)
+        if device.type == "cpu" and quantize in ("int8", "int4") and native.load():
+            model.kv_dtype = torch.bfloat16
         model.init_buffers(device, dtype)
         return model.eval()
 

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "decode_ops.cpp"
 NAME = "musicgen_native"  # torch's builder rebuilds (as NAME_v1, ...) when the source or the flags change
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno")  # AVX2 as fbgemm itself needs; exact IEEE division and
-# rounding (no -ffast-math), so the results equal torch's
+# AVX2, as fbgemm itself needs; exact IEEE division and rounding (no -ffast-math), so the int8 results equal torch's;
+# OpenMP for at::parallel_for (its symbols resolve to torch's own libgomp, already loaded: one thread pool)
+FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp")
 ENV = "MUSICGEN_NATIVE"  # "0": never build or use it
 STALE_LOCK_S = 600  # a build takes ~10 s: a lock file this old was left by a killed build, and torch would wait on it
 
@@ -95,13 +96,16 @@ def rowwise_int8_linear(x: torch.Tensor, packed: object, half: int, mid: int) ->
     return torch.ops.musicgen_native.rowwise_int8_linear(x, packed, half, mid)
 
 
-def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int) -> torch.Tensor:
-    """One decode step's self-attention for rows without a mask: qkv [B, 1, 3D] -> [B, 1, D]; writes the new
-    keys / values at slot `pos` of the caches [B, H, T_max, hd] and attends to slots 0..pos."""
-    return torch.ops.musicgen_native.decode_attention(qkv, k_cache, v_cache, pos)
+def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
+    """One decode step's self-attention: qkv [B, 1, 3D] -> [B, 1, D]; writes the new keys / values at slot `pos`
+    of the caches [B, H, T_max, hd] (float32 or bfloat16) and attends to the slots 0..pos that `valid`
+    [B, >= pos + 1] (bool; None: all) allows."""
+    return torch.ops.musicgen_native.decode_attention(qkv, k_cache, v_cache, pos, valid)
 
 
 def attention_usable(qkv: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    """float32 on the CPU, each (row, head) of the cache contiguous, and the kernel built."""
-    return (qkv.device.type == "cpu" and qkv.dtype == k_cache.dtype == torch.float32 and qkv.is_contiguous()
+    """float32 queries on the CPU, a float32 or bfloat16 cache contiguous per (row, head), and the kernel built."""
+    return (qkv.device.type == "cpu" and qkv.dtype == torch.float32 and qkv.is_contiguous()
+            and k_cache.dtype in (torch.float32, torch.bfloat16)
             and k_cache.stride(-1) == 1 and k_cache.stride(-2) == k_cache.shape[-1] and load())

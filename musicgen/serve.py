@@ -61,8 +61,8 @@ class SlotCache:
     def __init__(self, mg: MusicGen, rows: int, slots: int) -> None:
         cfg = mg.cfg.lm
         shape = (cfg.num_layers, rows, cfg.num_heads, slots, cfg.head_dim)
-        self.k = torch.empty(shape, device=mg.device, dtype=mg.lm.dtype)
-        self.v = torch.empty(shape, device=mg.device, dtype=mg.lm.dtype)
+        self.k = torch.empty(shape, device=mg.device, dtype=mg.lm.cache_dtype)
+        self.v = torch.empty(shape, device=mg.device, dtype=mg.lm.cache_dtype)
         self.free = [True] * rows
         self.slots = slots
 
@@ -362,7 +362,7 @@ def window_slots(mg: MusicGen) -> int:
 def default_max_rows(mg: MusicGen, slots: int) -> int:
     """Rows whose KV cache fits in MEMORY_SHARE of the memory available now, at most MAX_ROWS (even)."""
     cfg = mg.cfg.lm
-    per_row = 2 * cfg.num_layers * cfg.num_heads * slots * cfg.head_dim * mg.lm.dtype.itemsize
+    per_row = 2 * cfg.num_layers * cfg.num_heads * slots * cfg.head_dim * mg.lm.cache_dtype.itemsize
     available = torch.cuda.mem_get_info(mg.device)[0] if mg.device.type == "cuda" else available_memory()
     rows = int(MEMORY_SHARE * available // per_row) // 2 * 2
     return max(2, min(MAX_ROWS, rows))

@@ -7,7 +7,7 @@ import torch
 from conftest import PROMPTS
 from torch import nn
 
-from musicgen import InvalidInputError, MusicGen, layout
+from musicgen import InvalidInputError, MusicGen, layout, native
 from musicgen.layout import DynamicInt8Linear, FloatLinear, Int8Linear
 from musicgen.lm import KVCache
 
@@ -98,6 +98,9 @@ def test_int8_model_layout(int8: MusicGen, int8_weight_only: MusicGen, small: Mu
     assert int8.quantize == "int8"
     kind = DynamicInt8Linear if DYNAMIC else Int8Linear
     assert isinstance(int8.lm.layers[0].fc1, kind) and isinstance(int8.lm.heads, kind)
+    # the C++ attention reads a bfloat16 KV cache for quantized models (native.py); float32 models keep float32
+    assert int8.lm.cache_dtype == (torch.bfloat16 if native.load() else torch.float32)
+    assert small.lm.cache_dtype == torch.float32
     assert isinstance(small.lm.layers[0].fc1, FloatLinear)  # float32 on the CPU
     assert isinstance(int8_weight_only.lm.layers[0].fc1, Int8Linear) and int8_weight_only.quantize == "int8-weight-only"
     with pytest.MonkeyPatch.context() as m:  # no fbgemm: "int8" is weight-only too

@@ -47,13 +47,16 @@ def test_int8_linear_rows_are_independent() -> None:
         assert torch.equal(q(x[rows]), y[rows])
 
 
-def reference_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int) -> torch.Tensor:
-    """The eager path of lm.SelfAttention.attend."""
+def reference_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int,
+                        valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The eager path of lm.SelfAttention.attend (a bfloat16 cache is widened to float32 for SDPA)."""
     B, _, H, _, hd = (*qkv.shape[:2], *k_cache.shape[1:3], k_cache.shape[3])
     q, k, v = qkv.view(B, 1, 3, H, hd).permute(2, 0, 3, 1, 4)
     k_cache[:, :, pos : pos + 1] = k
     v_cache[:, :, pos : pos + 1] = v
-    y = F.scaled_dot_product_attention(q, k_cache[:, :, : pos + 1], v_cache[:, :, : pos + 1])
+    mask = None if valid is None else valid[:, None, None, : pos + 1]
+    keys, values = k_cache[:, :, : pos + 1].float(), v_cache[:, :, : pos + 1].float()
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
     return y.transpose(1, 2).reshape(B, 1, H * hd)
 
 
@@ -70,6 +73,29 @@ def test_decode_attention_matches_sdpa(B: int, H: int, hd: int, T: int, pos: int
     y = native.decode_attention(qkv, k_cache, v_cache, pos)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-6)
     assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)  # the same slots written, nothing else
+
+
+@needs_native
+@pytest.mark.parametrize("hd", [64, 12])
+def test_decode_attention_with_a_bfloat16_cache_and_a_mask(hd: int) -> None:
+    """int8 / int4 models keep their KV cache in bfloat16 (lm.LM.cache_dtype); melody models mask their text
+    padding (a row's `valid` slots)."""
+    torch.manual_seed(4)
+    B, H, T, pos = 3, 4, 80, 70
+    k_cache = torch.randn(B, H, T, hd).to(torch.bfloat16)
+    v_cache = torch.randn(B, H, T, hd).to(torch.bfloat16)
+    qkv = torch.randn(B, 1, 3 * H * hd)
+    valid = torch.rand(B, T) > 0.3
+    valid[:, pos] = True  # (the new slot always is)
+    for mask in (None, valid):
+        k_ref, v_ref = k_cache.clone(), v_cache.clone()
+        ref = reference_attention(qkv, k_ref, v_ref, pos, mask)
+        k, v = k_cache.clone(), v_cache.clone()
+        y = native.decode_attention(qkv, k, v, pos, mask)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-6)
+        assert torch.equal(k, k_ref) and torch.equal(v, v_ref)  # rounded to bfloat16 as torch rounds
+    unmasked = native.decode_attention(qkv, k_cache.clone(), v_cache.clone(), pos)
+    assert not torch.allclose(unmasked, y)
 
 
 @needs_native

@@ -209,7 +209,7 @@ def test_slot_cache_first_fit() -> None:
             class lm:  # noqa: N801
                 num_layers, num_heads, head_dim = 1, 1, 2
 
-        device, lm = torch.device("cpu"), type("L", (), {"dtype": torch.float32})()
+        device, lm = torch.device("cpu"), type("L", (), {"dtype": torch.float32, "cache_dtype": torch.float32})()
 
     cache = SlotCache(Tiny, 6, 4)  # type: ignore[arg-type]
     assert cache.take(2) == 0 and cache.take(2) == 2 and cache.take(4) is None

@@ -81,24 +81,35 @@ inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
-// q . k over hd floats: 8 lanes of FMAs (hd a multiple of 8), else one scalar sum
-inline float dot(const float* q, const float* k, int64_t hd) {
+// cache elements: float32, or bfloat16 (the upper half of a float32: widening is a shift)
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::BFloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline float widen(float x) { return x; }
+inline float widen(at::BFloat16 x) { return static_cast<float>(x); }
+
+// q . k over hd: 8 lanes of FMAs (hd a multiple of 8), else one scalar sum
+template <typename C>
+inline float dot(const float* q, const C* k, int64_t hd) {
   if (hd % 8 != 0) {
     float s = 0.0f;
-    for (int64_t d = 0; d < hd; ++d) s += q[d] * k[d];
+    for (int64_t d = 0; d < hd; ++d) s += q[d] * widen(k[d]);
     return s;
   }
   __m256 acc = _mm256_setzero_ps();
-  for (int64_t d = 0; d < hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), acc);
+  for (int64_t d = 0; d < hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(k + d), acc);
   return hsum8(acc);
 }
 
-// softmax in place over scores [n] (exp of score - max); returns the sum of the exps
+// softmax numerators in place over scores [n] (exp of score - max; masked slots hold -inf: 0); returns their sum
 float softmax_numerators(float* scores, int64_t n, float m) {
   int64_t j = 0;
   __m256 total = _mm256_setzero_ps();
   for (; j + 8 <= n; j += 8) {
     __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + j), _mm256_set1_ps(m)));
+    p = _mm256_and_ps(p, _mm256_cmp_ps(_mm256_loadu_ps(scores + j), _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ));
     _mm256_storeu_ps(scores + j, p);
     total = _mm256_add_ps(total, p);
   }
@@ -110,102 +121,124 @@ float softmax_numerators(float* scores, int64_t n, float m) {
   return l;
 }
 
-// one (row, head) with hd = 64 (every MusicGen): q in registers, four keys at a time, one pass over the values
-void attend64(const float* q, const float* keys, const float* values, int64_t n, float scale, float* scores,
-              float* out) {
-  __m256 qv[8];
-  for (int a = 0; a < 8; ++a) qv[a] = _mm256_loadu_ps(q + 8 * a);
-  float m = -std::numeric_limits<float>::infinity();
+// scores [n] = q . k_j * scale (-inf where valid[j] is false), four keys at a time for hd = 64; returns the max
+template <typename C>
+float scores_of(const float* q, const C* keys, int64_t n, int64_t hd, float scale, const bool* valid, float* scores) {
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    const float* k = keys + j * 64;
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    for (int a = 0; a < 8; ++a) {
-      s0 = _mm256_fmadd_ps(qv[a], _mm256_loadu_ps(k + 8 * a), s0);
-      s1 = _mm256_fmadd_ps(qv[a], _mm256_loadu_ps(k + 64 + 8 * a), s1);
-      s2 = _mm256_fmadd_ps(qv[a], _mm256_loadu_ps(k + 128 + 8 * a), s2);
-      s3 = _mm256_fmadd_ps(qv[a], _mm256_loadu_ps(k + 192 + 8 * a), s3);
-    }
-    const float r[4] = {hsum8(s0) * scale, hsum8(s1) * scale, hsum8(s2) * scale, hsum8(s3) * scale};
-    for (int t = 0; t < 4; ++t) {
-      scores[j + t] = r[t];
-      m = std::max(m, r[t]);
+  if (hd == 64) {
+    __m256 qv[8];
+    for (int a = 0; a < 8; ++a) qv[a] = _mm256_loadu_ps(q + 8 * a);
+    for (; j + 4 <= n; j += 4) {
+      const C* k = keys + j * 64;
+      __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+      for (int a = 0; a < 8; ++a) {
+        s0 = _mm256_fmadd_ps(qv[a], load8(k + 8 * a), s0);
+        s1 = _mm256_fmadd_ps(qv[a], load8(k + 64 + 8 * a), s1);
+        s2 = _mm256_fmadd_ps(qv[a], load8(k + 128 + 8 * a), s2);
+        s3 = _mm256_fmadd_ps(qv[a], load8(k + 192 + 8 * a), s3);
+      }
+      scores[j] = hsum8(s0) * scale;
+      scores[j + 1] = hsum8(s1) * scale;
+      scores[j + 2] = hsum8(s2) * scale;
+      scores[j + 3] = hsum8(s3) * scale;
     }
   }
-  for (; j < n; ++j) {
-    scores[j] = dot(q, keys + j * 64, 64) * scale;
+  for (; j < n; ++j) scores[j] = dot(q, keys + j * hd, hd) * scale;
+  float m = -std::numeric_limits<float>::infinity();
+  for (j = 0; j < n; ++j) {
+    if (valid != nullptr && !valid[j]) scores[j] = -std::numeric_limits<float>::infinity();
     m = std::max(m, scores[j]);
   }
-  const float l = softmax_numerators(scores, n, m);
-  __m256 acc[8];
-  for (int a = 0; a < 8; ++a) acc[a] = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n; ++i) {
-    const __m256 p = _mm256_set1_ps(scores[i]);
-    const float* v = values + i * 64;
-    for (int a = 0; a < 8; ++a) acc[a] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * a), acc[a]);
-  }
-  const __m256 inv = _mm256_set1_ps(l);
-  for (int a = 0; a < 8; ++a) _mm256_storeu_ps(out + 8 * a, _mm256_div_ps(acc[a], inv));
+  return m;
 }
 
-// one (row, head), any hd: scalar over the head dimension
-void attend_any(const float* q, const float* keys, const float* values, int64_t n, int64_t hd, float scale,
-                float* scores, float* out) {
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < n; ++j) {
-    scores[j] = dot(q, keys + j * hd, hd) * scale;
-    m = std::max(m, scores[j]);
-  }
+// one (row, head): q [hd] against keys / values [n, hd] (row stride hd) -> out [hd]
+template <typename C>
+void attend_one(const float* q, const C* keys, const C* values, int64_t n, int64_t hd, float scale,
+                const bool* valid, float* scores, float* out) {
+  const float m = scores_of(q, keys, n, hd, scale, valid, scores);
   const float l = softmax_numerators(scores, n, m);
+  if (hd == 64) {  // every MusicGen: the output in registers, one pass over the values
+    __m256 acc[8];
+    for (int a = 0; a < 8; ++a) acc[a] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; ++i) {
+      const __m256 p = _mm256_set1_ps(scores[i]);
+      const C* v = values + i * 64;
+      for (int a = 0; a < 8; ++a) acc[a] = _mm256_fmadd_ps(p, load8(v + 8 * a), acc[a]);
+    }
+    const __m256 sum = _mm256_set1_ps(l);
+    for (int a = 0; a < 8; ++a) _mm256_storeu_ps(out + 8 * a, _mm256_div_ps(acc[a], sum));
+    return;
+  }
   for (int64_t d = 0; d < hd; ++d) {
     float acc = 0.0f;
-    for (int64_t i = 0; i < n; ++i) acc += scores[i] * values[i * hd + d];
+    for (int64_t i = 0; i < n; ++i) acc += scores[i] * widen(values[i * hd + d]);
     out[d] = acc / l;
   }
 }
 
-// qkv [B, 1, 3 * H * hd] (q, k, v of head h at h * hd within each third); caches [B, H, T_max, hd] with
-// contiguous [T_max, hd] per (row, head) -> [B, 1, H * hd]
-at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_cache, int64_t pos) {
-  TORCH_CHECK(qkv.dim() == 3 && qkv.size(1) == 1 && qkv.is_contiguous() && qkv.scalar_type() == at::kFloat,
-              "decode_attention: qkv [B, 1, 3D] float32, contiguous");
-  const int64_t B = k_cache.size(0), H = k_cache.size(1), T = k_cache.size(2), hd = k_cache.size(3);
-  TORCH_CHECK(qkv.size(0) == B && qkv.size(2) == 3 * H * hd && pos >= 0 && pos < T,
-              "decode_attention: shapes");
-  for (const at::Tensor* c : {&k_cache, &v_cache}) {
-    TORCH_CHECK(c->scalar_type() == at::kFloat && c->stride(3) == 1 && c->stride(2) == hd && c->sizes() == k_cache.sizes(),
-                "decode_attention: caches [B, H, T, hd] float32, contiguous per head");
-  }
-  at::Tensor out = at::empty({B, 1, H * hd}, qkv.options());
-  const float* x = qkv.const_data_ptr<float>();
-  float* kc = k_cache.data_ptr<float>();
-  float* vc = v_cache.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  const int64_t D = H * hd, kb = k_cache.stride(0), kh = k_cache.stride(1), vb = v_cache.stride(0), vh = v_cache.stride(1);
+template <typename C>
+void attend_all(const float* x, C* kc, C* vc, const bool* valid, float* o, int64_t B, int64_t H, int64_t hd,
+                int64_t pos, int64_t kb, int64_t kh, int64_t vb, int64_t vh, int64_t valid_stride) {
+  const int64_t D = H * hd;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(pos + 1);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / H, h = i % H;
       const float* row = x + b * 3 * D;
-      float* keys = kc + b * kb + h * kh;
-      float* values = vc + b * vb + h * vh;
-      std::copy(row + D + h * hd, row + D + (h + 1) * hd, keys + pos * hd);
-      std::copy(row + 2 * D + h * hd, row + 2 * D + (h + 1) * hd, values + pos * hd);
-      if (hd == 64) {
-        attend64(row + h * hd, keys, values, pos + 1, scale, scores.data(), o + b * D + h * hd);
-      } else {
-        attend_any(row + h * hd, keys, values, pos + 1, hd, scale, scores.data(), o + b * D + h * hd);
+      C* keys = kc + b * kb + h * kh;
+      C* values = vc + b * vb + h * vh;
+      for (int64_t d = 0; d < hd; ++d) {  // the new key and value (bfloat16: rounded to nearest even, as torch)
+        keys[pos * hd + d] = static_cast<C>(row[D + h * hd + d]);
+        values[pos * hd + d] = static_cast<C>(row[2 * D + h * hd + d]);
       }
+      attend_one(row + h * hd, keys, values, pos + 1, hd, scale, valid == nullptr ? nullptr : valid + b * valid_stride,
+                 scores.data(), o + b * D + h * hd);
     }
   });
+}
+
+// qkv [B, 1, 3 * H * hd] (q, k, v of head h at h * hd within each third); caches [B, H, T_max, hd] (float32 or
+// bfloat16) with contiguous [T_max, hd] per (row, head); valid [B, >= pos + 1] bool or none -> [B, 1, H * hd]
+at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_cache, int64_t pos,
+                            const std::optional<at::Tensor>& valid) {
+  TORCH_CHECK(qkv.dim() == 3 && qkv.size(1) == 1 && qkv.is_contiguous() && qkv.scalar_type() == at::kFloat,
+              "decode_attention: qkv [B, 1, 3D] float32, contiguous");
+  const int64_t B = k_cache.size(0), H = k_cache.size(1), T = k_cache.size(2), hd = k_cache.size(3);
+  TORCH_CHECK(qkv.size(0) == B && qkv.size(2) == 3 * H * hd && pos >= 0 && pos < T, "decode_attention: shapes");
+  const auto type = k_cache.scalar_type();
+  for (const at::Tensor* c : {&k_cache, &v_cache}) {
+    TORCH_CHECK(c->scalar_type() == type && (type == at::kFloat || type == at::kBFloat16) && c->stride(3) == 1 &&
+                    c->stride(2) == hd && c->sizes() == k_cache.sizes(),
+                "decode_attention: caches [B, H, T, hd] float32 or bfloat16, contiguous per head");
+  }
+  const bool* mask = nullptr;
+  int64_t valid_stride = 0;
+  if (valid.has_value()) {
+    TORCH_CHECK(valid->scalar_type() == at::kBool && valid->dim() == 2 && valid->size(0) == B &&
+                    valid->size(1) > pos && valid->stride(1) == 1,
+                "decode_attention: valid [B, >= pos + 1] bool");
+    mask = valid->const_data_ptr<bool>();
+    valid_stride = valid->stride(0);
+  }
+  at::Tensor out = at::empty({B, 1, H * hd}, qkv.options());
+  const float* x = qkv.const_data_ptr<float>();
+  if (type == at::kFloat) {
+    attend_all(x, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), mask, out.data_ptr<float>(), B, H, hd, pos,
+               k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), valid_stride);
+  } else {
+    attend_all(x, k_cache.data_ptr<at::BFloat16>(), v_cache.data_ptr<at::BFloat16>(), mask, out.data_ptr<float>(), B,
+               H, hd, pos, k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), valid_stride);
+  }
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY(musicgen_native, m) {
-  m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos) -> Tensor", decode_attention);
+  m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, Tensor? valid) -> Tensor",
+        decode_attention);
   m.def("rowwise_int8_linear(Tensor x, __torch__.torch.classes.quantized.LinearPackedParamsBase packed, int half, "
         "int mid) -> Tensor",
         rowwise_int8_linear);

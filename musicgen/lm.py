@@ -63,6 +63,7 @@ class Condition:
     k: list[torch.Tensor] | None = None  # each [B, H, L, head_dim]
     v: list[torch.Tensor] | None = None
     bias: torch.Tensor | None = None  # [B, 1, 1, L]: 0 where attended, finfo.min on padding
+    valid: torch.Tensor | None = None  # [B, L] bool: the same mask, for the C++ cross-attention (native.py)
     prefix: torch.Tensor | None = None  # [B, P, D]
     prefix_valid: torch.Tensor | None = None  # [B, P] bool
 
@@ -138,6 +139,7 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.kv = nn.Linear(cfg.dim, 2 * cfg.dim, bias=False)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.native = True  # the C++ decode cross-attention where it applies (native.py); False: torch's SDPA
 
     def project(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cond [B, L, D] -> k, v [B, H, L, hd], computed once per generation."""
@@ -148,9 +150,13 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return self.out(self.attend(self.q(x), k, v, bias))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """projected queries [B, T, D], the text's k, v [B, H, L, hd] -> [B, T, D] (before `out`)."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+               valid: torch.Tensor | None = None) -> torch.Tensor:
+        """projected queries [B, T, D], the text's k, v [B, H, L, hd] -> [B, T, D] (before `out`). A decode step on a
+        CPU with the text's `valid` mask [B, L] (Condition.valid) runs the C++ kernel."""
         B, T, D = q.shape
+        if T == 1 and valid is not None and self.native and native.attention_usable(q, k):
+            return native.cross_attention(q, k, v, valid)
         y = F.scaled_dot_product_attention(q.view(B, T, self.h, self.hd).transpose(1, 2), k, v, attn_mask=bias)
         return y.transpose(1, 2).reshape(B, T, D)
 
@@ -185,7 +191,7 @@ class Layer(nn.Module):
         x = x + self.self_attn.out(y)
         if hasattr(self, "cross_attn"):
             q = self.cross_attn.q(self.cross_attn_norm(x))
-            y = torch.cat([self.cross_attn.attend(q[a:b], g.cond.k[i], g.cond.v[i], g.cond.bias)
+            y = torch.cat([self.cross_attn.attend(q[a:b], g.cond.k[i], g.cond.v[i], g.cond.bias, g.cond.valid)
                            for g, (a, b) in zip(groups, spans, strict=True)])
             x = x + self.cross_attn.out(y)
         return x + self.fc2(F.gelu(self.fc1(self.ffn_norm(x))))
@@ -240,7 +246,7 @@ class LM(nn.Module):
             m = torch.cat([mask, torch.zeros_like(mask)]) if guided else mask
             ks, vs = zip(*(layer.cross_attn.project(x) for layer in self.layers))
             bias = torch.where(m, 0.0, torch.finfo(x.dtype).min).to(x.dtype)[:, None, None, :]
-            return Condition(k=list(ks), v=list(vs), bias=bias)
+            return Condition(k=list(ks), v=list(vs), bias=bias, valid=m.bool().contiguous())
         assert chroma is not None, "melody models need a chroma condition (the null melody when none is given)"
         if guided:
             null = torch.zeros_like(chroma)

@@ -104,6 +104,13 @@ def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     return torch.ops.musicgen_native.decode_attention(qkv, k_cache, v_cache, pos, valid)
 
 
+def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """One decode step's cross-attention: q [B, 1, D] against the text's k, v [B, H, L, hd] (float32), `valid`
+    [B, L] (bool: False on text padding; a row with none valid gets uniform weights, as under torch's
+    finfo.min bias) -> [B, 1, D]."""
+    return torch.ops.musicgen_native.cross_attention(q, k, v, valid)
+
+
 def attention_usable(qkv: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """float32 queries on the CPU, a float32 or bfloat16 cache contiguous per (row, head), and the kernel built."""
     return (qkv.device.type == "cpu" and qkv.dtype == torch.float32 and qkv.is_contiguous()

@@ -133,3 +133,24 @@ def test_the_kernels_can_be_switched_off() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["False", f"{native.ENV}=0", "False"]
     assert "not used (MUSICGEN_NATIVE=0)" in out.stderr
+
+
+@needs_native
+@pytest.mark.parametrize("hd", [64, 12])
+def test_cross_attention_matches_sdpa_with_the_padding_bias(hd: int) -> None:
+    """Rows with text padding, and the null text of guidance (nothing valid: torch's finfo.min bias gives
+    every key the same weight)."""
+    torch.manual_seed(5)
+    B, H, L = 4, 3, 11
+    q = torch.randn(B, 1, H * hd)
+    k, v = torch.randn(B, H, L, hd), torch.randn(B, H, L, hd)
+    valid = torch.ones(B, L, dtype=torch.bool)
+    valid[1, 7:] = False
+    valid[2:] = False
+    bias = torch.where(valid, 0.0, torch.finfo(torch.float32).min)[:, None, None, :]
+    ref = F.scaled_dot_product_attention(q.view(B, 1, H, hd).transpose(1, 2), k, v, attn_mask=bias)
+    ref = ref.transpose(1, 2).reshape(B, 1, H * hd)
+    y = native.cross_attention(q, k, v, valid)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(y[2:], v[2:].mean(2).reshape(2, 1, H * hd), rtol=1e-5, atol=2e-6)
+    assert torch.equal(native.cross_attention(q[1:2].contiguous(), k[1:2], v[1:2], valid[1:2]), y[1:2])

@@ -6,9 +6,11 @@
 // times its scale. Bit-identical to the Python path in layout.py (tests/test_native.py).
 //
 // decode_attention: one new query per row (a decode step) against that row's KV cache: writes the new key and
-// value at slot `pos`, then softmax(q k^T / sqrt(hd)) v over slots 0..pos, each (row, head) on its own in a
-// fixed order (batch-invariant), AVX2 FMAs for head size 64 (every MusicGen), scalar sums for others. Equal to torch's scaled_dot_product_attention within float32
-// rounding (tests/test_native.py).
+// value at slot `pos`, then softmax(q k^T / sqrt(hd)) v over slots 0..pos. cross_attention: the same against the
+// text's keys and values. Each (row, head) on its own in a fixed order (batch-invariant), AVX2 FMAs for head
+// size 64 (every MusicGen), scalar sums for others; equal to torch's scaled_dot_product_attention within
+// float32 rounding (tests/test_native.py). Neither calls MKL: torch's SDPA does, two tiny SGEMMs per (row, head)
+// and layer, whose cost grows when another thread has set MKL's (process-wide) thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/quantized/PackedParams.h>
@@ -149,6 +151,10 @@ float scores_of(const float* q, const C* keys, int64_t n, int64_t hd, float scal
     if (valid != nullptr && !valid[j]) scores[j] = -std::numeric_limits<float>::infinity();
     m = std::max(m, scores[j]);
   }
+  if (m == -std::numeric_limits<float>::infinity()) {  // nothing valid (the null text of guidance): torch's additive
+    std::fill(scores, scores + n, 0.0f);               // finfo.min bias makes every score equal, so uniform weights
+    m = 0.0f;
+  }
   return m;
 }
 
@@ -234,11 +240,50 @@ at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor k_cache, at::Tenso
   return out;
 }
 
+// cross-attention of one decode step: q [B, 1, H * hd] against the text's k, v [B, H, L, hd] (contiguous per (row,
+// head)); valid [B, L] bool (text padding: false) or none -> [B, 1, H * hd]
+at::Tensor cross_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const std::optional<at::Tensor>& valid) {
+  const int64_t B = k.size(0), H = k.size(1), L = k.size(2), hd = k.size(3);
+  TORCH_CHECK(q.dim() == 3 && q.size(0) == B && q.size(1) == 1 && q.size(2) == H * hd && q.is_contiguous() &&
+                  q.scalar_type() == at::kFloat,
+              "cross_attention: q [B, 1, H * hd] float32, contiguous");
+  for (const at::Tensor* c : {&k, &v}) {
+    TORCH_CHECK(c->scalar_type() == at::kFloat && c->stride(3) == 1 && c->stride(2) == hd && c->sizes() == k.sizes(),
+                "cross_attention: k, v [B, H, L, hd] float32, contiguous per head");
+  }
+  const bool* mask = nullptr;
+  int64_t valid_stride = 0;
+  if (valid.has_value()) {
+    TORCH_CHECK(valid->scalar_type() == at::kBool && valid->dim() == 2 && valid->size(0) == B && valid->size(1) == L &&
+                    valid->stride(1) == 1,
+                "cross_attention: valid [B, L] bool");
+    mask = valid->const_data_ptr<bool>();
+    valid_stride = valid->stride(0);
+  }
+  at::Tensor out = at::empty({B, 1, H * hd}, q.options());
+  const float* x = q.const_data_ptr<float>();
+  const float* kp = k.const_data_ptr<float>();
+  const float* vp = v.const_data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(L);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / H, h = i % H;
+      attend_one(x + b * H * hd + h * hd, kp + b * k.stride(0) + h * k.stride(1), vp + b * v.stride(0) + h * v.stride(1),
+                 L, hd, scale, mask == nullptr ? nullptr : mask + b * valid_stride, scores.data(), o + b * H * hd + h * hd);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(musicgen_native, m) {
   m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, Tensor? valid) -> Tensor",
         decode_attention);
+  m.def("cross_attention(Tensor q, Tensor k, Tensor v, Tensor? valid) -> Tensor", cross_attention);
   m.def("rowwise_int8_linear(Tensor x, __torch__.torch.classes.quantized.LinearPackedParamsBase packed, int half, "
         "int mid) -> Tensor",
         rowwise_int8_linear);

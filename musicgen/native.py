@@ -1,11 +1,12 @@
-"""Our one C++ kernel: the int8 linear of a decode step in one call, built on first use.
+"""Our C++ decode kernels (`csrc/decode_ops.cpp`), built on first use.
 
-A decode step of musicgen-small runs ~150 int8 linears on a few rows each. Around fbgemm's GEMM, the
-batch-invariant row-wise quantization (layout.DynamicInt8Linear) costs ~10 small torch ops per linear in
-Python; `csrc/decode_ops.cpp` does the same arithmetic in one call, bit for bit (tests/test_native.py).
-It is compiled here with torch's extension builder (g++ and ninja, ~10 s once; cached under
+A decode step of musicgen-small runs ~150 int8 linears and 48 attentions on a few rows each, each of them
+~10 small torch ops. The kernels do each in one call: the batch-invariant row-wise int8 linear
+(layout.DynamicInt8Linear, bit for bit) and the step's self- and cross-attention (lm.py; SDPA's result within
+float32 rounding, on a float32 or bfloat16 cache). tests/test_native.py checks them against the torch code.
+They are compiled here with torch's extension builder (g++ and ninja, ~7 s once; cached under
 TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions). Where that is not possible (no compiler, not
-x86 with AVX2, `MUSICGEN_NATIVE=0`), `load()` says why once and the Python path runs: same results, slower.
+x86 with AVX2, `MUSICGEN_NATIVE=0`), `load()` says why once and the torch ops run: same results, slower.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ NAME = "musicgen_native"  # torch's builder rebuilds (as NAME_v1, ...) when the 
 # OpenMP for at::parallel_for (its symbols resolve to torch's own libgomp, already loaded: one thread pool)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp")
 ENV = "MUSICGEN_NATIVE"  # "0": never build or use it
-STALE_LOCK_S = 600  # a build takes ~10 s: a lock file this old was left by a killed build, and torch would wait on it
+STALE_LOCK_S = 600  # a build takes ~7 s: a lock file this old was left by a killed build, and torch would wait on it
 
 
 def _ninja_on_path() -> None:
@@ -87,7 +88,7 @@ def load() -> bool:
             return True
         except Exception as e:  # a failed build must not stop the engine: the Python path is exact too
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-    log.warning("musicgen: the C++ int8 kernel is not used (%s); int8 runs its Python path, ~10-20 %% slower", reason)
+    log.warning("musicgen: the C++ decode kernels are not used (%s); torch ops run instead, ~20 %% slower", reason)
     return False
 
 

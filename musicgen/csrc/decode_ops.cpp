@@ -1,4 +1,4 @@
-// The decode step's two hot spots, each in one call instead of a dozen small torch ops (native.py builds this).
+// The decode step's hot spots, each in one call instead of a dozen small torch ops (native.py builds this).
 //
 // rowwise_int8_linear: layout.DynamicInt8Linear's work (x ~150 linears a step): every row of x quantized on
 // its own (symmetric, scale max|x_r| / half, round half to even), fbgemm's int8 GEMM with exact int32 sums
@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -183,98 +184,99 @@ void attend_one(const float* q, const C* keys, const C* values, int64_t n, int64
   }
 }
 
+// a per-row mask [B, >= n] bool (stride 1 along a row), or none
+struct Mask {
+  const bool* data = nullptr;
+  int64_t stride = 0;
+  const bool* row(int64_t b) const { return data == nullptr ? nullptr : data + b * stride; }
+};
+
+Mask mask_of(const std::optional<at::Tensor>& valid, int64_t B, int64_t n, const char* what) {
+  if (!valid.has_value()) return {};
+  TORCH_CHECK(valid->scalar_type() == at::kBool && valid->dim() == 2 && valid->size(0) == B && valid->size(1) >= n &&
+                  valid->stride(1) == 1,
+              what, ": valid [B, >= ", n, "] bool");
+  return {valid->const_data_ptr<bool>(), valid->stride(0)};
+}
+
+// keys / values [B, H, T, hd] float32 or bfloat16 (same type), contiguous [T, hd] per (row, head)
+void check_kv(const at::Tensor& k, const at::Tensor& v, const char* what) {
+  const auto type = k.scalar_type();
+  for (const at::Tensor* c : {&k, &v}) {
+    TORCH_CHECK(c->dim() == 4 && c->scalar_type() == type && (type == at::kFloat || type == at::kBFloat16) &&
+                    c->stride(3) == 1 && c->stride(2) == c->size(3) && c->sizes() == k.sizes(),
+                what, ": keys, values [B, H, T, hd] float32 or bfloat16, contiguous per head");
+  }
+}
+
+// every (row, head) on torch's threads: the query of row b, head h at q + b * q_stride + h * hd; its keys / values
+// at k + b * k.stride(0) + h * k.stride(1) (the same for v), n slots. With `fresh`, the new key and value (at
+// q + D and q + 2D of the row, qkv's layout) are first written at slot n - 1 (bfloat16: rounded to nearest even,
+// as torch rounds).
 template <typename C>
-void attend_all(const float* x, C* kc, C* vc, const bool* valid, float* o, int64_t B, int64_t H, int64_t hd,
-                int64_t pos, int64_t kb, int64_t kh, int64_t vb, int64_t vh, int64_t valid_stride) {
-  const int64_t D = H * hd;
+void attend_heads(const float* q, int64_t q_stride, const at::Tensor& k, const at::Tensor& v, int64_t n, Mask mask,
+                  bool fresh, float* out) {
+  const int64_t B = k.size(0), H = k.size(1), hd = k.size(3), D = H * hd;
+  const int64_t kb = k.stride(0), kh = k.stride(1), vb = v.stride(0), vh = v.stride(1);
+  C* kc = k.data_ptr<C>();
+  C* vc = v.data_ptr<C>();
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(pos + 1);
+    std::vector<float> scores(n);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / H, h = i % H;
-      const float* row = x + b * 3 * D;
+      const float* row = q + b * q_stride;
       C* keys = kc + b * kb + h * kh;
       C* values = vc + b * vb + h * vh;
-      for (int64_t d = 0; d < hd; ++d) {  // the new key and value (bfloat16: rounded to nearest even, as torch)
-        keys[pos * hd + d] = static_cast<C>(row[D + h * hd + d]);
-        values[pos * hd + d] = static_cast<C>(row[2 * D + h * hd + d]);
+      if (fresh) {
+        for (int64_t d = 0; d < hd; ++d) {
+          keys[(n - 1) * hd + d] = static_cast<C>(row[D + h * hd + d]);
+          values[(n - 1) * hd + d] = static_cast<C>(row[2 * D + h * hd + d]);
+        }
       }
-      attend_one(row + h * hd, keys, values, pos + 1, hd, scale, valid == nullptr ? nullptr : valid + b * valid_stride,
-                 scores.data(), o + b * D + h * hd);
+      attend_one(row + h * hd, keys, values, n, hd, scale, mask.row(b), scores.data(), out + b * D + h * hd);
     }
   });
 }
 
-// qkv [B, 1, 3 * H * hd] (q, k, v of head h at h * hd within each third); caches [B, H, T_max, hd] (float32 or
-// bfloat16) with contiguous [T_max, hd] per (row, head); valid [B, >= pos + 1] bool or none -> [B, 1, H * hd]
+template <typename... Args>
+void attend_heads_of(at::ScalarType type, Args&&... args) {
+  if (type == at::kFloat) {
+    attend_heads<float>(std::forward<Args>(args)...);
+  } else {
+    attend_heads<at::BFloat16>(std::forward<Args>(args)...);
+  }
+}
+
+// qkv [B, 1, 3 * H * hd] (q, k, v of head h at h * hd within each third); caches [B, H, T_max, hd] (see check_kv);
+// valid [B, >= pos + 1] bool or none -> [B, 1, H * hd]
 at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_cache, int64_t pos,
                             const std::optional<at::Tensor>& valid) {
+  check_kv(k_cache, v_cache, "decode_attention");
+  const int64_t B = k_cache.size(0), H = k_cache.size(1), T = k_cache.size(2), hd = k_cache.size(3);
   TORCH_CHECK(qkv.dim() == 3 && qkv.size(1) == 1 && qkv.is_contiguous() && qkv.scalar_type() == at::kFloat,
               "decode_attention: qkv [B, 1, 3D] float32, contiguous");
-  const int64_t B = k_cache.size(0), H = k_cache.size(1), T = k_cache.size(2), hd = k_cache.size(3);
   TORCH_CHECK(qkv.size(0) == B && qkv.size(2) == 3 * H * hd && pos >= 0 && pos < T, "decode_attention: shapes");
-  const auto type = k_cache.scalar_type();
-  for (const at::Tensor* c : {&k_cache, &v_cache}) {
-    TORCH_CHECK(c->scalar_type() == type && (type == at::kFloat || type == at::kBFloat16) && c->stride(3) == 1 &&
-                    c->stride(2) == hd && c->sizes() == k_cache.sizes(),
-                "decode_attention: caches [B, H, T, hd] float32 or bfloat16, contiguous per head");
-  }
-  const bool* mask = nullptr;
-  int64_t valid_stride = 0;
-  if (valid.has_value()) {
-    TORCH_CHECK(valid->scalar_type() == at::kBool && valid->dim() == 2 && valid->size(0) == B &&
-                    valid->size(1) > pos && valid->stride(1) == 1,
-                "decode_attention: valid [B, >= pos + 1] bool");
-    mask = valid->const_data_ptr<bool>();
-    valid_stride = valid->stride(0);
-  }
+  const Mask mask = mask_of(valid, B, pos + 1, "decode_attention");
   at::Tensor out = at::empty({B, 1, H * hd}, qkv.options());
-  const float* x = qkv.const_data_ptr<float>();
-  if (type == at::kFloat) {
-    attend_all(x, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), mask, out.data_ptr<float>(), B, H, hd, pos,
-               k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), valid_stride);
-  } else {
-    attend_all(x, k_cache.data_ptr<at::BFloat16>(), v_cache.data_ptr<at::BFloat16>(), mask, out.data_ptr<float>(), B,
-               H, hd, pos, k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1), valid_stride);
-  }
+  attend_heads_of(k_cache.scalar_type(), qkv.const_data_ptr<float>(), 3 * H * hd, k_cache, v_cache, pos + 1, mask,
+                  true, out.data_ptr<float>());
   return out;
 }
 
-// cross-attention of one decode step: q [B, 1, H * hd] against the text's k, v [B, H, L, hd] (contiguous per (row,
-// head)); valid [B, L] bool (text padding: false) or none -> [B, 1, H * hd]
+// cross-attention of one decode step: q [B, 1, H * hd] against the text's k, v [B, H, L, hd] (see check_kv);
+// valid [B, L] bool (text padding: false) or none -> [B, 1, H * hd]
 at::Tensor cross_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const std::optional<at::Tensor>& valid) {
+  check_kv(k, v, "cross_attention");
   const int64_t B = k.size(0), H = k.size(1), L = k.size(2), hd = k.size(3);
   TORCH_CHECK(q.dim() == 3 && q.size(0) == B && q.size(1) == 1 && q.size(2) == H * hd && q.is_contiguous() &&
                   q.scalar_type() == at::kFloat,
               "cross_attention: q [B, 1, H * hd] float32, contiguous");
-  for (const at::Tensor* c : {&k, &v}) {
-    TORCH_CHECK(c->scalar_type() == at::kFloat && c->stride(3) == 1 && c->stride(2) == hd && c->sizes() == k.sizes(),
-                "cross_attention: k, v [B, H, L, hd] float32, contiguous per head");
-  }
-  const bool* mask = nullptr;
-  int64_t valid_stride = 0;
-  if (valid.has_value()) {
-    TORCH_CHECK(valid->scalar_type() == at::kBool && valid->dim() == 2 && valid->size(0) == B && valid->size(1) == L &&
-                    valid->stride(1) == 1,
-                "cross_attention: valid [B, L] bool");
-    mask = valid->const_data_ptr<bool>();
-    valid_stride = valid->stride(0);
-  }
+  TORCH_CHECK(!valid.has_value() || valid->size(1) == L, "cross_attention: valid [B, L] bool");
+  const Mask mask = mask_of(valid, B, L, "cross_attention");
   at::Tensor out = at::empty({B, 1, H * hd}, q.options());
-  const float* x = q.const_data_ptr<float>();
-  const float* kp = k.const_data_ptr<float>();
-  const float* vp = v.const_data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(L);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / H, h = i % H;
-      attend_one(x + b * H * hd + h * hd, kp + b * k.stride(0) + h * k.stride(1), vp + b * v.stride(0) + h * v.stride(1),
-                 L, hd, scale, mask == nullptr ? nullptr : mask + b * valid_stride, scores.data(), o + b * H * hd + h * hd);
-    }
-  });
+  attend_heads_of(k.scalar_type(), q.const_data_ptr<float>(), H * hd, k, v, L, mask, false, out.data_ptr<float>());
   return out;
 }
 

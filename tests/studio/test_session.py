@@ -223,6 +223,9 @@ def test_closing_takes_stops_them_all_also_those_in_line(int8: MusicGen) -> None
             t = next(it)
             queued |= isinstance(t.event, session.Progress) and t.event.stage == "queue"
             running |= isinstance(t.event, session.Progress) and t.event.stage == "frames"
+        deadline = time.monotonic() + 2.0  # (each take enters the line from a thread of its own: the third may
+        while sched.load != (1, 2) and time.monotonic() < deadline:  # still be on its way when the others report)
+            time.sleep(0.02)
         assert sched.load == (1, 2)
         it.close()
         deadline = time.monotonic() + 2.0

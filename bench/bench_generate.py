@@ -215,7 +215,9 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "musicgen-bench")
     ap.add_argument("--engines", default="fp32,int8,transformers",
                     help="comma list of fp32, int8, int8-weight-only, int4, transformers, and any of ours + '-torch' "
-                    "(without the C++ decode kernels) [fp32,int8,transformers]")
+                    "(without the C++ decode kernels), int8-fbgemm (the C++ kernels with fbgemm's int8 GEMM instead of "
+                    "ours) "
+                    "[fp32,int8,transformers]")
     ap.add_argument("--no-rss", action="store_true", help="skip the per-engine peak-RSS processes")
     ap.add_argument("--ort", default=None, help="an optimum ONNX export of the same weights (scripts/export_onnx.sh): "
                     "adds the engines ort (float32) and ort-int8 (its q8 decoders)")
@@ -237,8 +239,13 @@ def main() -> None:
 
             loaded[e] = MusicgenForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
         else:
-            quantize = e.removesuffix("-torch")
+            quantize = e.removesuffix("-torch").removesuffix("-fbgemm")
             loaded[e] = MusicGen.from_pretrained(model, device="cpu", quantize=None if quantize == "fp32" else quantize)
+            if e.endswith("-fbgemm"):  # the C++ kernels, but fbgemm's int8 GEMM instead of our AVX512-VNNI one
+                for m in loaded[e].lm.modules():
+                    if getattr(m, "vnni", None) is not None:
+                        m.packed  # noqa: B018 (made from ours, before ours is dropped)
+                        m.vnni = None
             if e.endswith("-torch"):  # without the C++ decode kernels (native.py): torch ops, as before them
                 loaded[e].lm.kv_dtype = None  # (a float32 KV cache)
                 for m in loaded[e].lm.modules():

@@ -1,9 +1,10 @@
-"""Our C++ decode kernels (`csrc/decode_ops.cpp`), built on first use.
+"""Our C++ decode kernels (`csrc/*.cpp`), built on first use.
 
 A decode step of musicgen-small runs ~150 int8 linears and 48 attentions on a few rows each, each of them
 ~10 small torch ops. The kernels do each in one call: the batch-invariant row-wise int8 linear
-(layout.DynamicInt8Linear, bit for bit) and the step's self- and cross-attention (lm.py; SDPA's result within
-float32 rounding, on a float32 or bfloat16 cache). tests/test_native.py checks them against the torch code.
+(layout.DynamicInt8Linear, bit for bit: our own AVX512-VNNI kernel on weights stored in its order, or fbgemm's
+GEMM on other x86 CPUs) and the step's self- and cross-attention (lm.py; SDPA's result within float32 rounding,
+on a float32 or bfloat16 cache). tests/test_native.py checks them against the torch code.
 They are compiled here with torch's extension builder (g++ and ninja, ~7 s once; cached under
 TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions). Where that is not possible (no compiler, not
 x86 with AVX2, `MUSICGEN_NATIVE=0`), `load()` says why once and the torch ops run: same results, slower.
@@ -22,7 +23,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "decode_ops.cpp"
+SOURCES = tuple(str(Path(__file__).parent / "csrc" / name) for name in ("attention.cpp", "int8_linear.cpp"))
 NAME = "musicgen_native"  # torch's builder rebuilds (as NAME_v1, ...) when the source or the flags change
 # AVX2, as fbgemm itself needs; exact IEEE division and rounding (no -ffast-math), so the int8 results equal torch's;
 # OpenMP for at::parallel_for (its symbols resolve to torch's own libgomp, already loaded: one thread pool)
@@ -83,13 +84,36 @@ def load() -> bool:
             folder = build_folder()
             folder.mkdir(parents=True, exist_ok=True)
             _clear_stale_lock(folder)
-            build(name=NAME, sources=[str(SOURCE)], extra_cflags=list(FLAGS), build_directory=str(folder),
+            build(name=NAME, sources=list(SOURCES), extra_cflags=list(FLAGS), build_directory=str(folder),
                   is_python_module=False, verbose=False)
             return True
         except Exception as e:  # a failed build must not stop the engine: the Python path is exact too
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     log.warning("musicgen: the C++ decode kernels are not used (%s); torch ops run instead, ~20 %% slower", reason)
     return False
+
+
+@functools.cache
+def vnni() -> bool:
+    """Our int8 kernel can run: the kernels are built and the CPU has AVX512-VNNI (asked of the CPU itself)."""
+    return load() and bool(torch.ops.musicgen_native.vnni_supported())
+
+
+def vnni_pack(w: torch.Tensor) -> torch.Tensor:
+    """int8 weights [N, K] -> [ceil(N / 64), ceil(K / 4), 64, 4], the order vnni_int8_linear reads them in."""
+    return torch.ops.musicgen_native.vnni_pack(w)
+
+
+def vnni_unpack(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """vnni_pack's inverse: -> int8 [N, K]."""
+    return packed.permute(0, 2, 1, 3).reshape(packed.shape[0] * packed.shape[2], -1)[:N, :K]
+
+
+def vnni_int8_linear(x: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor, wscale: torch.Tensor, half: int,
+                     mid: int) -> torch.Tensor:
+    """x [..., in] -> [..., out]: rowwise_int8_linear's result, by our kernel on vnni_pack's weights, colsum [out]
+    int32 (each output's sum of weights), wscale [out] float32."""
+    return torch.ops.musicgen_native.vnni_int8_linear(x, packed, colsum, wscale, half, mid)
 
 
 def rowwise_int8_linear(x: torch.Tensor, packed: object, half: int, mid: int) -> torch.Tensor:

@@ -47,6 +47,48 @@ def test_int8_linear_rows_are_independent() -> None:
         assert torch.equal(q(x[rows]), y[rows])
 
 
+needs_vnni = pytest.mark.skipif(not native.vnni(), reason="our int8 kernel needs AVX512-VNNI")
+
+
+@needs_vnni
+@pytest.mark.parametrize("reduce_range", [True, False])
+@pytest.mark.parametrize(("N", "K"), [(100, 250), (64, 4), (130, 1030)])
+def test_vnni_int8_linear_equals_fbgemm_and_the_python_path(reduce_range: bool, N: int, K: int) -> None:
+    """Outputs past a 64-chunk, inputs past a multiple of 4, 1 to 20 rows (whole 6-row tiles and their remainders):
+    our kernel, fbgemm's GEMM and the torch ops give the same bits."""
+    torch.manual_seed(N + K)
+    q = DynamicInt8Linear(torch.randn(N, K) * 0.05)
+    q.reduce_range = reduce_range
+    assert q.vnni is not None and q._packed is None  # one copy of the weights until the Python path asks for one
+    packed, colsum, wscale = q.vnni
+    assert torch.equal(native.vnni_unpack(packed, N, K), q.packed.unpack()[0].int_repr())
+    for M in (1, 2, 5, 6, 7, 13, 20):
+        x = torch.randn(M, K) * torch.logspace(-3, 2, M)[:, None]
+        y = native.vnni_int8_linear(x, packed, colsum, wscale, q.half, q.mid)
+        assert torch.equal(y, native.rowwise_int8_linear(x, q.packed, q.half, q.mid))
+        q.native = False
+        assert torch.equal(y, q(x))
+        q.native = True
+        assert torch.equal(y[M // 2 :], native.vnni_int8_linear(x[M // 2 :], packed, colsum, wscale, q.half, q.mid))
+
+
+@needs_vnni
+def test_vnni_int8_linear_full_range_and_nan_rows() -> None:
+    """Every activation at the top of its range times +-127 over 4096 inputs is summed exactly; a NaN row gives
+    NaN outputs and leaves the other rows alone; a wrong packing is refused."""
+    w = torch.full((64, 4096), 127.0)
+    w[1] = -127.0
+    q = DynamicInt8Linear(w)
+    x = torch.ones(3, 4096)
+    x[1, 7] = float("nan")
+    y = q(x)
+    assert torch.equal(y[[0, 2], :2], torch.tensor([[4096 * 127.0, -4096 * 127.0]] * 2))
+    assert y[1].isnan().all()
+    packed, colsum, wscale = q.vnni
+    with pytest.raises(RuntimeError, match="vnni_pack"):
+        native.vnni_int8_linear(x[:, :4092], packed, colsum, wscale, q.half, q.mid)
+
+
 def reference_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int,
                         valid: torch.Tensor | None = None) -> torch.Tensor:
     """The eager path of lm.SelfAttention.attend (a bfloat16 cache is widened to float32 for SDPA)."""

@@ -1,9 +1,4 @@
-// The decode step's hot spots, each in one call instead of a dozen small torch ops (native.py builds this).
-//
-// rowwise_int8_linear: layout.DynamicInt8Linear's work (x ~150 linears a step): every row of x quantized on
-// its own (symmetric, scale max|x_r| / half, round half to even), fbgemm's int8 GEMM with exact int32 sums
-// (input scale 1, zero point `mid`: the quantization is the identity on these integers), then each output row
-// times its scale. Bit-identical to the Python path in layout.py (tests/test_native.py).
+// The decode step's attention, each in one call instead of a dozen small torch ops (native.py builds this).
 //
 // decode_attention: one new query per row (a decode step) against that row's KV cache: writes the new key and
 // value at slot `pos`, then softmax(q k^T / sqrt(hd)) v over slots 0..pos. cross_attention: the same against the
@@ -13,9 +8,7 @@
 // and layer, whose cost grows when another thread has set MKL's (process-wide) thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/native/quantized/PackedParams.h>
 #include <immintrin.h>
-#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,41 +18,6 @@
 #include <vector>
 
 namespace {
-
-at::Tensor rowwise_int8_linear(const at::Tensor& x, const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
-                               int64_t half, int64_t mid) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "rowwise_int8_linear: float32 CPU input");
-  const int64_t K = x.size(-1);
-  const at::Tensor rows = x.reshape({-1, K}).contiguous();
-  const int64_t M = rows.size(0);
-  at::Tensor q = at::empty_like(rows);
-  at::Tensor s = at::empty({M, 1}, rows.options());
-  const float* xp = rows.const_data_ptr<float>();
-  float* qp = q.data_ptr<float>();
-  float* sp = s.data_ptr<float>();
-  for (int64_t r = 0; r < M; ++r) {
-    const float* a = xp + r * K;
-    float* b = qp + r * K;
-    float m = 0.0f;
-    int nan = 0;
-    for (int64_t k = 0; k < K; ++k) {  // vectorized by the compiler (maxps, or-reduction)
-      const float v = std::fabs(a[k]);
-      nan |= v != v;
-      m = v > m ? v : m;
-    }
-    // torch: amax (NaN propagates), clamp_(min=1e-30), div_(half)
-    const float scale = (nan ? std::numeric_limits<float>::quiet_NaN() : std::max(m, 1e-30f)) / static_cast<float>(half);
-    for (int64_t k = 0; k < K; ++k) {
-      b[k] = std::nearbyint(a[k] / scale);  // round half to even, as torch.round
-    }
-    sp[r] = scale;
-  }
-  at::Tensor y = packed->apply_with_input_q_dq_qweight_dq_output_fp32(q, 1.0, mid);
-  y.mul_(s);
-  std::vector<int64_t> shape = x.sizes().vec();
-  shape.back() = y.size(1);
-  return y.view(shape);
-}
 
 // exp of 8 floats (Cephes' expf polynomial, ~1e-7 relative error), for x <= 0 as softmax needs
 inline __m256 exp8(__m256 x) {
@@ -282,11 +240,8 @@ at::Tensor cross_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 
 }  // namespace
 
-TORCH_LIBRARY(musicgen_native, m) {
+TORCH_LIBRARY_FRAGMENT(musicgen_native, m) {
   m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, Tensor? valid) -> Tensor",
         decode_attention);
   m.def("cross_attention(Tensor q, Tensor k, Tensor v, Tensor? valid) -> Tensor", cross_attention);
-  m.def("rowwise_int8_linear(Tensor x, __torch__.torch.classes.quantized.LinearPackedParamsBase packed, int half, "
-        "int mid) -> Tensor",
-        rowwise_int8_linear);
 }

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(str(Path(__file__).parent / "csrc" / name) for name in ("attention.cpp", "int8_linear.cpp"))
 NAME = "musicgen_native"  # torch's builder rebuilds (as NAME_v1, ...) when the source or the flags change
 # AVX2, as fbgemm itself needs; exact IEEE division and rounding (no -ffast-math), so the int8 results equal torch's;
-# OpenMP for at::parallel_for (its symbols resolve to torch's own libgomp, already loaded: one thread pool)
+# OpenMP for csrc/parallel.h (its symbols resolve to torch's own libgomp, already loaded: one thread pool)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp")
 ENV = "MUSICGEN_NATIVE"  # "0": never build or use it
 STALE_LOCK_S = 600  # a build takes ~7 s: a lock file this old was left by a killed build, and torch would wait on it

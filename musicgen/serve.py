@@ -345,7 +345,9 @@ def own_intra_op_threads(n: int) -> None:
     keeps the cores; the others (the web server's, the requests') run their ops inline.
     `torch.set_num_threads` sets the calling thread's OpenMP and MKL counts and the default of threads to come:
     it is called here with `n`, then with 1 from a short-lived thread, which leaves this thread's counts as
-    they are (the MKL count matters too: T5's products differ in their last bits between 1 and 2 threads)."""
+    they are (the MKL count matters too: T5's products differ in their last bits between 1 and 2 threads).
+    Our C++ kernels split work without at::parallel_for's lazy per-thread set-up, which would otherwise apply
+    that default of 1 to this thread at its first kernel call (csrc/parallel.h)."""
     torch.get_num_threads()  # torch's lazy per-thread setup first, or its first parallel op would undo ours
     torch.set_num_threads(n)
     default = threading.Thread(target=torch.set_num_threads, args=(1,), name="musicgen-threads")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -87,6 +88,32 @@ def test_vnni_int8_linear_full_range_and_nan_rows() -> None:
     packed, colsum, wscale = q.vnni
     with pytest.raises(RuntimeError, match="vnni_pack"):
         native.vnni_int8_linear(x[:, :4092], packed, colsum, wscale, q.half, q.mid)
+
+
+@needs_native
+def test_kernels_keep_the_calling_threads_count() -> None:
+    """The decode loop keeps 2 threads while the default for other threads is 1 (serve.own_intra_op_threads):
+    the kernels' first call in that thread must not apply the default to it (at::parallel_for's lazy set-up did,
+    and put the decode loop on one thread)."""
+    from musicgen.serve import own_intra_op_threads
+
+    counts: list[int] = []
+
+    def loop() -> None:
+        own_intra_op_threads(2)
+        q = DynamicInt8Linear(torch.randn(128, 64))
+        q(torch.randn(2, 64))
+        qkv, k = torch.randn(2, 1, 3 * 128), torch.zeros(2, 2, 8, 64)
+        native.decode_attention(qkv, k, k.clone(), 0)
+        native.cross_attention(qkv[..., :128].contiguous(), k, k.clone(), None)
+        counts.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    thread = threading.Thread(target=loop)
+    thread.start()
+    thread.join()
+    torch.set_num_threads(before)  # own_intra_op_threads changed the process default
+    assert counts == [2]
 
 
 def reference_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int,

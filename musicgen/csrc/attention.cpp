@@ -7,9 +7,10 @@
 // float32 rounding (tests/test_native.py). Neither calls MKL: torch's SDPA does, two tiny SGEMMs per (row, head)
 // and layer, whose cost grows when another thread has set MKL's (process-wide) thread count.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/library.h>
+
+#include "parallel.h"
 
 #include <algorithm>
 #include <cmath>
@@ -179,7 +180,7 @@ void attend_heads(const float* q, int64_t q_stride, const at::Tensor& k, const a
   C* kc = k.data_ptr<C>();
   C* vc = v.data_ptr<C>();
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  musicgen::parallel_for(B * H, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(n);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / H, h = i % H;

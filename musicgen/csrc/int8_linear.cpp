@@ -11,11 +11,12 @@
 // rowwise_int8_linear: the same through fbgemm's int8 GEMM (input scale 1, zero point `mid`: its quantization is
 // then the identity on these integers), for x86 CPUs without AVX512-VNNI.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <ATen/native/quantized/PackedParams.h>
 #include <immintrin.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
+
+#include "parallel.h"
 
 #include <algorithm>
 #include <cmath>
@@ -168,7 +169,7 @@ at::Tensor vnni_int8_linear(const at::Tensor& x, const at::Tensor& packed, const
   at::Tensor y = at::empty({M, N}, rows.options());
   float* yp = y.data_ptr<float>();
   const int8_t* w = packed.const_data_ptr<int8_t>();
-  at::parallel_for(0, packed.size(0), 1, [&](int64_t c0, int64_t c1) {
+  musicgen::parallel_for(packed.size(0), [&](int64_t c0, int64_t c1) {
     alignas(64) int32_t sums[MT * NC];
     for (int64_t c = c0; c < c1; ++c) {
       for (int64_t m0 = 0; m0 < M; m0 += MT) {  // the chunk (64 x K bytes) stays in L2 for the next tiles

@@ -131,7 +131,8 @@ def reference_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
 
 @needs_native
 @pytest.mark.parametrize(("B", "H", "hd", "T", "pos"), [(2, 16, 64, 64, 0), (2, 16, 64, 300, 1), (2, 4, 64, 300, 250),
-                                                       (3, 4, 12, 40, 17), (1, 2, 16, 9, 8), (4, 24, 64, 100, 99)])
+                                                       (3, 4, 12, 40, 17), (1, 2, 16, 9, 8), (4, 24, 64, 100, 99),
+                                                       (1, 2, 64, 40, 31)])
 def test_decode_attention_matches_sdpa(B: int, H: int, hd: int, T: int, pos: int) -> None:
     torch.manual_seed(2)
     k_cache, v_cache = torch.randn(B, H, T, hd), torch.randn(B, H, T, hd)

@@ -2,8 +2,8 @@
 //
 // decode_attention: one new query per row (a decode step) against that row's KV cache: writes the new key and
 // value at slot `pos`, then softmax(q k^T / sqrt(hd)) v over slots 0..pos. cross_attention: the same against the
-// text's keys and values. Each (row, head) on its own in a fixed order (batch-invariant), AVX2 FMAs for head
-// size 64 (every MusicGen), scalar sums for others; equal to torch's scaled_dot_product_attention within
+// text's keys and values. Each (row, head) on its own in a fixed order (batch-invariant), AVX-512 (else AVX2)
+// FMAs for head size 64 (every MusicGen), scalar sums for others; equal to torch's scaled_dot_product_attention within
 // float32 rounding (tests/test_native.py). Neither calls MKL: torch's SDPA does, two tiny SGEMMs per (row, head)
 // and layer, whose cost grows when another thread has set MKL's (process-wide) thread count.
 #include <ATen/ATen.h>
@@ -83,6 +83,8 @@ float softmax_numerators(float* scores, int64_t n, float m) {
   return l;
 }
 
+float mask_and_max(float* scores, int64_t n, const bool* valid);
+
 // scores [n] = q . k_j * scale (-inf where valid[j] is false), four keys at a time for hd = 64; returns the max
 template <typename C>
 float scores_of(const float* q, const C* keys, int64_t n, int64_t hd, float scale, const bool* valid, float* scores) {
@@ -106,8 +108,13 @@ float scores_of(const float* q, const C* keys, int64_t n, int64_t hd, float scal
     }
   }
   for (; j < n; ++j) scores[j] = dot(q, keys + j * hd, hd) * scale;
+  return mask_and_max(scores, n, valid);
+}
+
+// masked slots -inf; returns the max score (a row with nothing valid: every score 0, max 0)
+float mask_and_max(float* scores, int64_t n, const bool* valid) {
   float m = -std::numeric_limits<float>::infinity();
-  for (j = 0; j < n; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     if (valid != nullptr && !valid[j]) scores[j] = -std::numeric_limits<float>::infinity();
     m = std::max(m, scores[j]);
   }
@@ -141,6 +148,73 @@ void attend_one(const float* q, const C* keys, const C* values, int64_t n, int64
     for (int64_t i = 0; i < n; ++i) acc += scores[i] * widen(values[i * hd + d]);
     out[d] = acc / l;
   }
+}
+
+// ---- AVX-512 for head size 64 (every MusicGen), where the CPU has it: 16 lanes, a query in 4 registers
+#define AVX512_TARGET __attribute__((target("avx512f")))
+
+bool avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
+
+AVX512_TARGET inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+AVX512_TARGET inline __m512 load16(const at::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// the sums of 16 registers' lanes, one per lane of the result (a transpose-and-add tree: ~3 ops a key)
+AVX512_TARGET inline __m512 sum_lanes16(const __m512* v) {
+  __m512 x[4];
+  for (int g = 0; g < 4; ++g) {  // keys 4g..4g+3 -> per 128-bit lane, their 4 partial sums
+    __m512 w[2];
+    for (int p = 0; p < 2; ++p) {
+      const __m512 a = v[4 * g + 2 * p], b = v[4 * g + 2 * p + 1];
+      w[p] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    const __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(w[0]), _mm512_castps_pd(w[1]));
+    const __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(w[0]), _mm512_castps_pd(w[1]));
+    x[g] = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+  }
+  const __m512 z01 = _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], 0x88), _mm512_shuffle_f32x4(x[0], x[1], 0xDD));
+  const __m512 z23 = _mm512_add_ps(_mm512_shuffle_f32x4(x[2], x[3], 0x88), _mm512_shuffle_f32x4(x[2], x[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(z01, z23, 0x88), _mm512_shuffle_f32x4(z01, z23, 0xDD));
+}
+
+template <typename C>
+AVX512_TARGET void attend_one_512(const float* q, const C* keys, const C* values, int64_t n, float scale,
+                                  const bool* valid, float* scores, float* out) {
+  const __m512 q0 = _mm512_loadu_ps(q), q1 = _mm512_loadu_ps(q + 16);
+  const __m512 q2 = _mm512_loadu_ps(q + 32), q3 = _mm512_loadu_ps(q + 48);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512 dots[16];
+    for (int i = 0; i < 16; ++i) {
+      const C* k = keys + (j + i) * 64;
+      __m512 a = _mm512_mul_ps(q0, load16(k));
+      a = _mm512_fmadd_ps(q1, load16(k + 16), a);
+      a = _mm512_fmadd_ps(q2, load16(k + 32), a);
+      dots[i] = _mm512_fmadd_ps(q3, load16(k + 48), a);
+    }
+    _mm512_storeu_ps(scores + j, _mm512_mul_ps(sum_lanes16(dots), _mm512_set1_ps(scale)));
+  }
+  for (; j < n; ++j) scores[j] = dot(q, keys + j * 64, 64) * scale;
+  const float l = softmax_numerators(scores, n, mask_and_max(scores, n, valid));
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t i = 0; i < n; ++i) {
+    const __m512 p = _mm512_set1_ps(scores[i]);
+    const C* v = values + i * 64;
+    a0 = _mm512_fmadd_ps(p, load16(v), a0);
+    a1 = _mm512_fmadd_ps(p, load16(v + 16), a1);
+    a2 = _mm512_fmadd_ps(p, load16(v + 32), a2);
+    a3 = _mm512_fmadd_ps(p, load16(v + 48), a3);
+  }
+  const __m512 sum = _mm512_set1_ps(l);
+  _mm512_storeu_ps(out, _mm512_div_ps(a0, sum));
+  _mm512_storeu_ps(out + 16, _mm512_div_ps(a1, sum));
+  _mm512_storeu_ps(out + 32, _mm512_div_ps(a2, sum));
+  _mm512_storeu_ps(out + 48, _mm512_div_ps(a3, sum));
 }
 
 // a per-row mask [B, >= n] bool (stride 1 along a row), or none
@@ -180,6 +254,8 @@ void attend_heads(const float* q, int64_t q_stride, const at::Tensor& k, const a
   C* kc = k.data_ptr<C>();
   C* vc = v.data_ptr<C>();
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  static const bool has_avx512 = avx512();
+  const bool wide = has_avx512 && hd == 64;
   musicgen::parallel_for(B * H, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(n);
     for (int64_t i = begin; i < end; ++i) {
@@ -193,7 +269,11 @@ void attend_heads(const float* q, int64_t q_stride, const at::Tensor& k, const a
           values[(n - 1) * hd + d] = static_cast<C>(row[2 * D + h * hd + d]);
         }
       }
-      attend_one(row + h * hd, keys, values, n, hd, scale, mask.row(b), scores.data(), out + b * D + h * hd);
+      if (wide) {
+        attend_one_512(row + h * hd, keys, values, n, scale, mask.row(b), scores.data(), out + b * D + h * hd);
+      } else {
+        attend_one(row + h * hd, keys, values, n, hd, scale, mask.row(b), scores.data(), out + b * D + h * hd);
+      }
     }
   });
 }

@@ -216,7 +216,7 @@ def main() -> None:
     ap.add_argument("--engines", default="fp32,int8,transformers",
                     help="comma list of fp32, int8, int8-weight-only, int4, transformers, and any of ours + '-torch' "
                     "(without the C++ decode kernels), int8-fbgemm (the C++ kernels with fbgemm's int8 GEMM instead of "
-                    "ours) "
+                    "ours, unfused), int8-unfused (our kernels called layer op by layer op from Python) "
                     "[fp32,int8,transformers]")
     ap.add_argument("--no-rss", action="store_true", help="skip the per-engine peak-RSS processes")
     ap.add_argument("--ort", default=None, help="an optimum ONNX export of the same weights (scripts/export_onnx.sh): "
@@ -228,7 +228,7 @@ def main() -> None:
     engines = args.engines.split(",") + (["ort", "ort-int8"] if args.ort else [])
     model = ensure_checkpoint(args.model, args.cache)
     frames = round(args.duration * 50)
-    from musicgen import MusicGen
+    from musicgen import MusicGen, fused
 
     loaded: dict[str, object] = {}
     for e in engines:
@@ -239,18 +239,22 @@ def main() -> None:
 
             loaded[e] = MusicgenForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
         else:
-            quantize = e.removesuffix("-torch").removesuffix("-fbgemm")
+            quantize = e.split("-")[0]
             loaded[e] = MusicGen.from_pretrained(model, device="cpu", quantize=None if quantize == "fp32" else quantize)
+            lm = loaded[e].lm
+            if e.endswith("-unfused"):  # the C++ kernels, each layer's ops called from Python (Layer.decode)
+                lm.fused = False
             if e.endswith("-fbgemm"):  # the C++ kernels, but fbgemm's int8 GEMM instead of our AVX512-VNNI one
-                for m in loaded[e].lm.modules():
+                for m in lm.modules():
                     if getattr(m, "vnni", None) is not None:
                         m.packed  # noqa: B018 (made from ours, before ours is dropped)
                         m.vnni = None
             if e.endswith("-torch"):  # without the C++ decode kernels (native.py): torch ops, as before them
-                loaded[e].lm.kv_dtype = None  # (a float32 KV cache)
-                for m in loaded[e].lm.modules():
+                lm.kv_dtype = None  # (a float32 KV cache)
+                for m in lm.modules():
                     if hasattr(m, "native"):
                         m.native = False
+            fused.prepare(lm.layers)  # (after the switches above)
     tok_source = next((m for m in loaded.values() if isinstance(m, MusicGen)), None)
     if tok_source is None:
         tok_source = MusicGen.from_pretrained(model, device="cpu")

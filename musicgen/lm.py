@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
+from . import fused, native
 from .config import LMConfig
 from .layout import relayout_linears
 from .weights import Cat, Checkpoint, Source, embedding, load_module, release_free_memory
@@ -212,6 +212,7 @@ class LM(nn.Module):
         self.register_buffer("pos_table", torch.empty(cfg.max_positions, D), persistent=False)
         self.register_buffer("emb_offsets", torch.empty(K, dtype=torch.long), persistent=False)
         self.kv_dtype: torch.dtype | None = None  # the KV cache's, when not the model's: see cache_dtype
+        self.fused = True  # decode steps' layers in one C++ call each where they can (fused.py); False: Layer.decode
 
     def init_buffers(self, device: torch.device, dtype: torch.dtype) -> None:
         """Non-persistent buffers are not in the checkpoint: compute them after a meta-device build."""
@@ -295,8 +296,9 @@ class LM(nn.Module):
         pe = torch.cat([self.positions(g.cache, g.pos, 1).expand(g.rows, -1, -1) for g in groups])
         x = self.embed(tokens[:, :, None]) + pe  # [R, 1, D]
         masks = [self_attn_mask(g.cache, g.pos, 1, x.device) for g in groups]
+        run = fused.runner(self.layers, groups, masks, spans, x) if self.fused else None  # C++, same bits
         for i, layer in enumerate(self.layers):
-            x = layer.decode(x, i, groups, masks, spans)
+            x = run(x, i) if run is not None else layer.decode(x, i, groups, masks, spans)
         return self.heads(self.norm(x)).float().view(R, K, self.cfg.card)
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
@@ -367,6 +369,8 @@ class LM(nn.Module):
         relayout_linears(model, device, quantize)  # the parts that are linears themselves (the heads)
         if device.type == "cpu" and quantize in ("int8", "int4") and native.load():
             model.kv_dtype = torch.bfloat16
+        if device.type == "cpu":
+            fused.prepare(model.layers)
         model.init_buffers(device, dtype)
         return model.eval()
 

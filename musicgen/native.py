@@ -23,7 +23,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(str(Path(__file__).parent / "csrc" / name) for name in ("attention.cpp", "int8_linear.cpp"))
+SOURCES = tuple(str(Path(__file__).parent / "csrc" / name)
+                for name in ("attention.cpp", "int8_linear.cpp", "decode_layer.cpp"))
 NAME = "musicgen_native"  # torch's builder rebuilds (as NAME_v1, ...) when the source or the flags change
 # AVX2, as fbgemm itself needs; exact IEEE division and rounding (no -ffast-math), so the int8 results equal torch's;
 # OpenMP for csrc/parallel.h (its symbols resolve to torch's own libgomp, already loaded: one thread pool)

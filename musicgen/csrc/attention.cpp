@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include "ops.h"
 #include "parallel.h"
 
 #include <algorithm>
@@ -287,6 +288,10 @@ void attend_heads_of(at::ScalarType type, Args&&... args) {
   }
 }
 
+}  // namespace
+
+namespace musicgen {
+
 // qkv [B, 1, 3 * H * hd] (q, k, v of head h at h * hd within each third); caches [B, H, T_max, hd] (see check_kv);
 // valid [B, >= pos + 1] bool or none -> [B, 1, H * hd]
 at::Tensor decode_attention(const at::Tensor& qkv, at::Tensor k_cache, at::Tensor v_cache, int64_t pos,
@@ -319,10 +324,10 @@ at::Tensor cross_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   return out;
 }
 
-}  // namespace
+}  // namespace musicgen
 
 TORCH_LIBRARY_FRAGMENT(musicgen_native, m) {
   m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, Tensor? valid) -> Tensor",
-        decode_attention);
-  m.def("cross_attention(Tensor q, Tensor k, Tensor v, Tensor? valid) -> Tensor", cross_attention);
+        musicgen::decode_attention);
+  m.def("cross_attention(Tensor q, Tensor k, Tensor v, Tensor? valid) -> Tensor", musicgen::cross_attention);
 }

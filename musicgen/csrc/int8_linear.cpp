@@ -16,6 +16,7 @@
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
+#include "ops.h"
 #include "parallel.h"
 
 #include <algorithm>
@@ -145,6 +146,10 @@ VNNI_TARGET void vnni_rescale(const int32_t* sums, const int32_t* colsum, const 
   }
 }
 
+}  // namespace
+
+namespace musicgen {
+
 // x [..., K] float32; packed from vnni_pack; colsum [N] int32 (each output's sum of int8 weights); wscale [N]
 // float32 -> [..., N]
 at::Tensor vnni_int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& colsum,
@@ -184,7 +189,7 @@ at::Tensor vnni_int8_linear(const at::Tensor& x, const at::Tensor& packed, const
   return shaped_like(x, y);
 }
 
-}  // namespace
+}  // namespace musicgen
 
 TORCH_LIBRARY_FRAGMENT(musicgen_native, m) {
   m.def("rowwise_int8_linear(Tensor x, __torch__.torch.classes.quantized.LinearPackedParamsBase packed, int half, "
@@ -193,5 +198,5 @@ TORCH_LIBRARY_FRAGMENT(musicgen_native, m) {
   m.def("vnni_supported() -> bool", vnni_supported);
   m.def("vnni_pack(Tensor w) -> Tensor", vnni_pack);
   m.def("vnni_int8_linear(Tensor x, Tensor packed, Tensor colsum, Tensor wscale, int half, int mid) -> Tensor",
-        vnni_int8_linear);
+        musicgen::vnni_int8_linear);
 }

@@ -120,6 +120,11 @@ class Generation:
                 self.done = True
 
     @property
+    def length(self) -> int:
+        """Frames of the finished piece (a user prompt included)."""
+        return self.plan[-1].offset + self.plan[-1].frames
+
+    @property
     def step(self) -> int:
         """Decode steps done so far, over all windows."""
         return self.done_steps + (0 if self.done else self.s - self.w.prompt)

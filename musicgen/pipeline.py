@@ -27,7 +27,7 @@ from .melody import ChromaExtractor
 from .options import MAX_DURATION, WINDOW, GenerationOptions, ProgressFn, check_tokens, seed_of
 from .options import options as make_options
 from .prepare import prepare, separate_melody
-from .streaming import StreamDecoder, can_stream
+from .streaming import ChunkedDecode, can_stream
 from .text import T5Encoder, TextTokenizer
 from .timeline import Prompts
 from .weights import release_free_memory
@@ -178,20 +178,23 @@ class MusicGen:
         if decoder == "mbd":
             generator = torch.Generator().manual_seed(seed_of(o))  # MBD draws its noise on the CPU
             audio = self.mbd.decode(codes, self.codec, generator, progress)
-        elif tokens.shape[-1] > (chunk := max(DECODE_CHUNK // codes.shape[0], 16)) and self.can_stream:
-            return self._decode_chunked(tokens, chunk)
+        elif (chunked := self.chunked_decode(tokens.shape[0], tokens.shape[-1])) is not None:
+            chunked.push(tokens)
+            release_free_memory()  # glibc keeps the chunks' freed buffers otherwise (~0.25 GB)
+            assert chunked.audio is not None
+            return chunked.audio
         else:
             audio = self.codec.decode(codes)
         return rearrange(audio, "(b c) 1 s -> b c s", c=C).clamp(-1.0, 1.0).float().cpu()
 
-    def _decode_chunked(self, tokens: torch.Tensor, chunk: int) -> torch.Tensor:
-        """EnCodec decode `chunk` frames at a time with the exact streaming decoder (equal to one pass up to
-        float rounding): memory stays that of one chunk however long the piece."""
-        T = tokens.shape[-1]
-        dec = StreamDecoder(self.codec, self.audio_channels, T)
-        audio = torch.cat([dec.push(tokens[..., : min(end, T)]) for end in range(chunk, T + chunk, chunk)], dim=-1)
-        release_free_memory()  # glibc keeps the chunks' freed buffers otherwise (~0.25 GB)
-        return audio
+    def chunked_decode(self, batch: int, frames: int) -> ChunkedDecode | None:
+        """How `decode` decodes `batch` items of `frames` frames with EnCodec when it goes chunk by chunk (the exact
+        streaming decoder, DECODE_CHUNK frames a pass: memory stays that of one chunk however long the piece), to
+        be fed as frames complete; None where it decodes in one pass (short pieces, codecs it cannot stream)."""
+        chunk = max(DECODE_CHUNK // (batch * self.audio_channels), 16)
+        if frames <= chunk or not self.can_stream:
+            return None
+        return ChunkedDecode(self.codec, self.audio_channels, chunk, frames)
 
     def generate(self, prompts: Prompts, duration: float | None = None, *,
                  options: GenerationOptions | None = None, progress: ProgressFn | None = None,
@@ -244,14 +247,17 @@ class MusicGen:
 
     def output(self, tokens: torch.Tensor, decoder: str, seed: int, *, decode: bool = True,
                progress: ProgressFn | None = None, steps_before: int = 0,
-               normalize: str = loudness.DEFAULT_STRATEGY) -> GenerationOutput:
+               normalize: str = loudness.DEFAULT_STRATEGY, decoded: torch.Tensor | None = None) -> GenerationOutput:
         """Finished tokens [B, K, T] -> the `GenerationOutput` (decoded unless decode=False; with "mbd" the
         diffusion steps are reported to `progress` after the `steps_before` decode steps), each item's audio
-        levelled by `normalize` (loudness.STRATEGIES; "none": as `decode` gives it)."""
+        levelled by `normalize` (loudness.STRATEGIES; "none": as `decode` gives it). `decoded`: `decode(tokens)`'s
+        result, when it was computed already (the scheduler decodes as it generates)."""
         if normalize not in loudness.STRATEGIES:  # before the work: GenerationOptions checked it already
             raise InvalidInputError(f"normalize must be one of {', '.join(loudness.STRATEGIES)}, got {normalize!r}")
         release_free_memory()  # the KV cache's pages go back to the OS before the decoder needs its own
-        audio = loudness.level_items(self.decode(tokens), self.sample_rate, normalize) if decode else None
+        if decode and decoded is None:
+            decoded = self.decode(tokens)
+        audio = loudness.level_items(decoded, self.sample_rate, normalize) if decoded is not None and decode else None
         if decoder != "mbd":
             return GenerationOutput(audio, tokens.cpu(), self.sample_rate, seed)
         total = steps_before + self.mbd.total_steps

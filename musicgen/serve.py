@@ -8,8 +8,10 @@ audio encoded: with the same threads as `MusicGen.generate` alone, since a matri
 on the thread count) and its window is set up (conditioning, melody prefix, continuation prompt) in KV cache
 rows of its own. Each request keeps
 its own duration, windows, sampling settings, guidance and random generator; it leaves when its tokens are
-done (or at the next step after a cancel), freeing its rows for the next in line. Decoding the tokens to
-audio (EnCodec or multi-band diffusion) happens in the requester's thread, outside the loop.
+done (or at the next step after a cancel), freeing its rows for the next in line. On a CPU the loop also
+decodes each request's EnCodec audio as its frames complete, a chunk at a time between steps and on the
+loop's threads (the same cuts as `MusicGen.decode`: the same samples), so little is left after the last token;
+levelling the audio and the multi-band diffusion decoder run in the requester's thread, outside the loop.
 
 Seeds hold: a request's tokens do not depend on who else is in the batch. Every op of the step is row by
 row or per request (layout.DynamicInt8Linear quantizes each row on its own and sums exactly in integers;
@@ -38,6 +40,7 @@ from .options import WINDOW, GenerationOptions, ProgressFn, seed_of, take_seeds
 from .options import options as make_options
 from .pipeline import GenerationOutput, MusicGen, StreamStep
 from .prepare import prepare, separate_melody
+from .streaming import ChunkedDecode
 from .timeline import Prompts
 
 MAX_ROWS = 16  # 8 guided requests: measured on 2 CPU cores (int8), a step of 16 rows costs ~2.3x one of 2
@@ -89,9 +92,12 @@ class SlotCache:
 class Ticket:
     """One submitted request: the scheduler thread posts its progress here; `Scheduler.stream` reads it."""
 
-    def __init__(self, prompts: Prompts, o: GenerationOptions, rows: int, extra_steps: int) -> None:
+    def __init__(self, prompts: Prompts, o: GenerationOptions, rows: int, extra_steps: int, decode: bool) -> None:
         self.prompts, self.options, self.rows, self.extra_steps = prompts, o, rows, extra_steps
+        self.decode = decode  # the requester wants the EnCodec audio
         self.gen: Generation | None = None  # prepared by the loop when the request joins
+        self.decoding: ChunkedDecode | None = None  # its EnCodec audio, decoded by the loop as frames complete
+        self.decoded: torch.Tensor | None = None  # that audio, once its tokens are done
         self.seed = 0
         self.start: int | None = None  # first cache row, while it runs
         self.cancelled = False
@@ -144,7 +150,7 @@ class Scheduler:
                                     "at once")
         mbd = self.mg.mbd if o.decoder == "mbd" else None  # fetched now, so a download error comes early
         o = separate_melody(self.mg, prompts, o, stopped)  # here, in the requester's thread: the loop keeps stepping
-        ticket = Ticket(prompts, o, rows, mbd.total_steps if mbd is not None else 0)
+        ticket = Ticket(prompts, o, rows, mbd.total_steps if mbd is not None else 0, decode)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -156,7 +162,7 @@ class Scheduler:
             if ticket.tokens is None or ticket.gen is None:  # cancelled from another thread
                 return
             yield self.mg.output(ticket.tokens, o.decoder, ticket.seed, decode=decode, progress=progress,
-                                 steps_before=ticket.gen.total, normalize=o.normalize)
+                                 steps_before=ticket.gen.total, normalize=o.normalize, decoded=ticket.decoded)
         finally:
             self.cancel(ticket)
 
@@ -244,14 +250,17 @@ class Scheduler:
                 self._guard(running, functools.partial(decode_steps, self.mg.lm, [t.gen for t in running]))
                 self.steps += 1
                 self.peak_rows = max(self.peak_rows, sum(t.rows for t in running))
+            frames = {t: t.gen.frames().cpu() for t in running if t.error is None and t.gen is not None}
+            for t, f in frames.items():
+                self._guard([t], functools.partial(self._decode, t, f))
             with self._cv:
-                for t in running:
+                for t, f in frames.items():
                     if t.error is not None:
                         continue
                     assert t.gen is not None
-                    t.latest = StreamStep(t.gen.step, t.total, t.gen.frames().cpu())
+                    t.latest = StreamStep(t.gen.step, t.total, f)
                     if t.gen.done:
-                        t.tokens = t.latest.tokens
+                        t.tokens = f
                 self._leave_finished()
                 self._cv.notify_all()
 
@@ -264,6 +273,18 @@ class Scheduler:
         t.gen, t.seed = prepare(self.mg, t.prompts, t.options)
         assert t.gen.rows == t.rows, (t.gen.rows, t.rows)
         t.gen.begin(lambda rows, slots: self.cache.view(start, rows, slots))
+        if t.decode and self.mg.device.type == "cpu":
+            t.decoding = self.mg.chunked_decode(t.gen.batch, t.gen.length)
+
+    def _decode(self, t: Ticket, frames: torch.Tensor) -> None:
+        """EnCodec decoding as the frames complete, here on the loop's threads (as many as `MusicGen.generate`
+        decodes with alone: the samples do not depend on the batch); a piece too short to go in chunks at the end."""
+        if not t.decode or self.mg.device.type != "cpu" or t.gen is None:  # (a GPU decodes at the end in no time)
+            return
+        if t.decoding is not None:
+            t.decoding.push(frames)
+        if t.gen.done:
+            t.decoded = self.mg.decode(frames) if t.decoding is None else t.decoding.audio
 
     def _admit(self) -> list[Ticket]:
         """Move requests from the head of the line into the batch while their rows fit (FIFO: no overtaking)."""

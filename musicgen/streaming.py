@@ -189,3 +189,26 @@ class StreamDecoder:
         self._hidden = self._hidden[..., keep - self._hidden_start:]
         self._hidden_start = keep
         return audio
+
+
+class ChunkedDecode:
+    """`MusicGen.decode`'s chunked EnCodec pass fed as the frames complete: `push(tokens)` ([B, K, n], a growing
+    prefix of a `frames`-frame sequence) decodes every whole `chunk` of frames that is there, at the same cuts
+    as one call with all the frames would, so `audio` (once the last frame went in) is that call's result to
+    the bit. The scheduler (serve.py) decodes while it generates this way."""
+
+    def __init__(self, codec: EnCodec, channels: int, chunk: int, frames: int) -> None:
+        self.dec = StreamDecoder(codec, channels, frames)
+        self.chunk, self.frames = chunk, frames
+        self.parts: list[torch.Tensor] = []
+
+    def push(self, tokens: torch.Tensor) -> None:
+        n = min(tokens.shape[-1], self.frames)
+        while not self.dec.done and (end := min(self.dec.seen + self.chunk, self.frames)) <= n:
+            self.parts.append(self.dec.push(tokens[..., :end]))
+
+    @property
+    def audio(self) -> torch.Tensor | None:
+        """[B, C, S] once every frame was pushed, else None."""
+        return torch.cat(self.parts, dim=-1) if self.dec.done else None
+

@@ -33,16 +33,17 @@ def tone(seconds: float, hz: float = 220.0) -> torch.Tensor:
     return 0.4 * torch.sin(2 * torch.pi * hz * t) + 0.2 * torch.sin(2 * torch.pi * 1.5 * hz * t)
 
 
-def run_staggered(sched: Scheduler, requests: list[tuple[int, str | list[str], dict]]) -> list[torch.Tensor]:
+def run_staggered(sched: Scheduler, requests: list[tuple[int, str | list[str], dict]],
+                  outputs: list[GenerationOutput] | None = None) -> list[torch.Tensor]:
     """Each (join_at, prompts, options) is submitted from its own thread once the loop has run `join_at`
-    decode steps; -> their tokens, in order."""
-    out: list[torch.Tensor | BaseException | None] = [None] * len(requests)
+    decode steps; -> their tokens, in order (and their whole outputs into `outputs`)."""
+    out: list[GenerationOutput | BaseException | None] = [None] * len(requests)
 
     def client(i: int, join_at: int, prompts: str | list[str], kw: dict) -> None:
         while sched.steps < join_at:
             time.sleep(0.0005)
         try:
-            out[i] = sched.generate(prompts, **kw).tokens
+            out[i] = sched.generate(prompts, **kw)
         except BaseException as e:
             out[i] = e
 
@@ -54,7 +55,9 @@ def run_staggered(sched: Scheduler, requests: list[tuple[int, str | list[str], d
     for o in out:
         if isinstance(o, BaseException):
             raise o
-    return out  # type: ignore[return-value]
+    if outputs is not None:
+        outputs.extend(out)  # type: ignore[arg-type]
+    return [o.tokens for o in out]  # type: ignore[union-attr]
 
 
 def solo(mg: MusicGen, prompts: str | list[str], kw: dict) -> torch.Tensor:
@@ -71,17 +74,26 @@ REQUESTS = [  # (join at step, prompts, options): greedy, sampled with seeds, to
 ]
 
 
-def test_staggered_requests_get_their_solo_tokens(int8: MusicGen) -> None:
-    want = [solo(int8, p, kw) for _, p, kw in REQUESTS]
+def test_staggered_requests_get_their_solo_tokens_and_audio(int8: MusicGen) -> None:
+    """Tokens and audio: the loop decodes each request's EnCodec audio chunk by chunk as it generates, at the
+    cuts `MusicGen.decode` makes, so the samples are those of the request alone."""
+    want = [int8.generate(p, **kw) for _, p, kw in REQUESTS]
     sched = Scheduler(int8, max_rows=16)
+    outputs: list[GenerationOutput] = []
+    decodes = []
+    real = int8.decode
+    int8.decode = lambda *a, **k: decodes.append(1) or real(*a, **k)  # type: ignore[method-assign]
     try:
-        got = run_staggered(sched, REQUESTS)
+        got = run_staggered(sched, REQUESTS, outputs)
         assert sched.peak_rows >= 6  # they did share decode steps
     finally:
         sched.close()
-    for (_, _, kw), w, g in zip(REQUESTS, want, got, strict=True):
-        assert g.shape == w.shape == (w.shape[0], 4, round(kw["duration"] * 50))
-        assert torch.equal(g, w), kw
+        del int8.decode
+    assert len(decodes) == 1  # the 1 s piece: one chunk of 50 frames is one pass, decoded after its last step
+    for (_, _, kw), w, g, o in zip(REQUESTS, want, got, outputs, strict=True):
+        assert g.shape == w.tokens.shape == (w.tokens.shape[0], 4, round(kw["duration"] * 50))
+        assert torch.equal(g, w.tokens), kw
+        assert torch.equal(o.audio, w.audio), kw
 
 
 def test_a_long_piece_among_short_ones(int8: MusicGen) -> None:

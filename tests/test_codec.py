@@ -30,11 +30,12 @@ def test_long_decode_is_chunked_and_matches(mg: MusicGen, ref) -> None:
     one_pass = mg.codec.decode(codes).clamp(-1, 1)
     assert (got - one_pass).abs().max() < 1e-5
     chunked = []
-    real = pipeline.MusicGen._decode_chunked
+    real = pipeline.MusicGen.chunked_decode
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(pipeline.MusicGen, "_decode_chunked", lambda self, t, c: chunked.append(c) or real(self, t, c))
+        m.setattr(pipeline.MusicGen, "chunked_decode", lambda self, *a: chunked.append(real(self, *a)) or chunked[-1])
         mg.decode(codes)
-    assert chunked == [pipeline.DECODE_CHUNK // 2]  # the chunk is split between the batch's items
+    assert [c.chunk for c in chunked] == [pipeline.DECODE_CHUNK // 2]  # the chunk is split between the batch's items
+    assert torch.equal(chunked[0].audio, got)
 
 
 def test_encode_matches(mg: MusicGen, ref) -> None:

@@ -113,3 +113,20 @@ def test_misuse_is_reported(small: MusicGen) -> None:
     dec.push(tokens)
     with pytest.raises(ValueError, match="already returned"):
         dec.push(tokens)
+
+
+@pytest.mark.parametrize("stereo", [False, True])
+def test_chunked_decode_fed_frame_by_frame_is_decode(small: MusicGen, stereo_pair: tuple[object, MusicGen],
+                                                     stereo: bool) -> None:
+    """The scheduler feeds `ChunkedDecode` after every decode step: the result is `MusicGen.decode`'s, bit for
+    bit (the same chunk cuts), and nothing is decoded before a whole chunk is there."""
+    mg = stereo_pair[1] if stereo else small
+    codes = torch.randint(0, 2048, (2, mg.num_codebooks, 137), generator=torch.Generator().manual_seed(4))
+    dec = mg.chunked_decode(2, 137)
+    assert dec is not None and dec.chunk == max(50 // (2 * mg.audio_channels), 16)
+    for n in range(1, 138):
+        dec.push(codes[..., :n])
+        assert len(dec.parts) == min(n // dec.chunk, -(-137 // dec.chunk)) or n == 137
+        assert (dec.audio is None) == (n < 137)
+    assert torch.equal(dec.audio, mg.decode(codes))
+    assert mg.chunked_decode(1, 16) is None  # one pass: too short to cut

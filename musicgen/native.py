@@ -5,7 +5,7 @@ A decode step of musicgen-small runs ~150 int8 linears and 48 attentions on a fe
 (layout.DynamicInt8Linear, bit for bit: our own AVX512-VNNI kernel on weights stored in its order, or fbgemm's
 GEMM on other x86 CPUs) and the step's self- and cross-attention (lm.py; SDPA's result within float32 rounding,
 on a float32 or bfloat16 cache). tests/test_native.py checks them against the torch code.
-They are compiled here with torch's extension builder (g++ and ninja, ~7 s once; cached under
+They are compiled here with torch's extension builder (g++ and ninja, ~10 s once; cached under
 TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions). Where that is not possible (no compiler, not
 x86 with AVX2, `MUSICGEN_NATIVE=0`), `load()` says why once and the torch ops run: same results, slower.
 """
@@ -30,7 +30,7 @@ NAME = "musicgen_native"  # torch's builder rebuilds (as NAME_v1, ...) when the 
 # OpenMP for csrc/parallel.h (its symbols resolve to torch's own libgomp, already loaded: one thread pool)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fno-math-errno", "-fopenmp")
 ENV = "MUSICGEN_NATIVE"  # "0": never build or use it
-STALE_LOCK_S = 600  # a build takes ~7 s: a lock file this old was left by a killed build, and torch would wait on it
+STALE_LOCK_S = 600  # a build takes ~10 s: a lock file this old was left by a killed build, and torch would wait on it
 
 
 def _ninja_on_path() -> None:

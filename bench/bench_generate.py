@@ -228,7 +228,7 @@ def main() -> None:
     engines = args.engines.split(",") + (["ort", "ort-int8"] if args.ort else [])
     model = ensure_checkpoint(args.model, args.cache)
     frames = round(args.duration * 50)
-    from musicgen import MusicGen, fused
+    from musicgen import MusicGen
 
     loaded: dict[str, object] = {}
     for e in engines:
@@ -254,7 +254,6 @@ def main() -> None:
                 for m in lm.modules():
                     if hasattr(m, "native"):
                         m.native = False
-            fused.prepare(lm.layers)  # (after the switches above)
     tok_source = next((m for m in loaded.values() if isinstance(m, MusicGen)), None)
     if tok_source is None:
         tok_source = MusicGen.from_pretrained(model, device="cpu")

@@ -19,16 +19,30 @@ from .layout import DynamicInt8Linear
 LayerArgs = tuple[list[torch.Tensor], list[torch.Tensor], int, int, float]
 
 
-def layer_args(layer: nn.Module) -> LayerArgs | None:
-    """The layer's norms (weight, bias each) and int8 linears (our kernel's tensors each), with the activations'
-    half / mid range and the norms' eps; None when the layer cannot run fused (another layout, the kernels off)."""
+def _parts(layer: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]]:
+    """The layer's norms, linears and attentions, in decode_layer's order."""
     cross = hasattr(layer, "cross_attn")
     norms = [layer.self_attn_norm, *([layer.cross_attn_norm] if cross else []), layer.ffn_norm]
     linears = [layer.self_attn.qkv, layer.self_attn.out, *([layer.cross_attn.q, layer.cross_attn.out] if cross else []),
                layer.fc1, layer.fc2]
-    if not all(isinstance(q, DynamicInt8Linear) and q.native and q.vnni is not None for q in linears):
+    return norms, linears, [layer.self_attn, *([layer.cross_attn] if cross else [])]
+
+
+def _switches(layer: nn.Module) -> tuple:
+    """What `layer_args` depends on besides the tensors' values: its result is reused while this is unchanged."""
+    _, linears, attentions = _parts(layer)
+    return (tuple((type(q), getattr(q, "native", None), id(getattr(q, "vnni", None)), getattr(q, "half", None),
+                   getattr(q, "mid", None)) for q in linears), tuple(a.native for a in attentions))
+
+
+def layer_args(layer: nn.Module) -> LayerArgs | None:
+    """The layer's norms (weight, bias each) and int8 linears (our kernel's tensors each), with the activations'
+    half / mid range and the norms' eps; None when the layer cannot run fused (another layout, a kernel off)."""
+    norms, linears, attentions = _parts(layer)
+    if not native.vnni() or not all(isinstance(q, DynamicInt8Linear) and q.native and q.vnni is not None
+                                    for q in linears):
         return None
-    if not (layer.self_attn.native and (not cross or layer.cross_attn.native)):
+    if not all(a.native for a in attentions):
         return None
     if len({(q.half, q.mid) for q in linears}) != 1 or len({n.eps for n in norms}) != 1:
         return None
@@ -38,12 +52,24 @@ def layer_args(layer: nn.Module) -> LayerArgs | None:
             linears[0].half, linears[0].mid, norms[0].eps)
 
 
+def cached_args(layer: nn.Module) -> LayerArgs | None:
+    """`layer_args`, computed again only when a switch it depends on changed (`native`, `reduce_range`, ...)."""
+    key = _switches(layer)
+    cached = getattr(layer, "_fused", None)
+    if cached is None or cached[0] != key:
+        cached = (key, layer_args(layer))
+        layer._fused = cached
+    return cached[1]
+
+
 def runner(layers: Sequence[nn.Module], groups: Sequence, masks: list[torch.Tensor | None],
            spans: list[tuple[int, int]], x: torch.Tensor) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
     """`run(x, i)`: layer i of this decode step in one call, or None where the step cannot run fused (any layer
     or request the C++ kernels do not take: then `Layer.decode` runs, as it would anyway)."""
-    args = [getattr(layer, "fused_args", None) for layer in layers]
-    if any(a is None for a in args) or x.dtype != torch.float32 or not native.vnni():
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not native.vnni():
+        return None
+    args = [cached_args(layer) for layer in layers]
+    if any(a is None for a in args):
         return None
     cross = hasattr(layers[0], "cross_attn")
     first = [g.cache.k[0] for g in groups]
@@ -57,7 +83,7 @@ def runner(layers: Sequence[nn.Module], groups: Sequence, masks: list[torch.Tens
     text_valids = [g.cond.valid for g in groups] if cross else []
 
     def run(x: torch.Tensor, i: int) -> torch.Tensor:
-        norms, linears, half, mid, eps = args[i]
+        norms, linears, half, mid, eps = args[i]  # type: ignore[misc]
         k = [g.cache.k[i] for g in groups]
         v = [g.cache.v[i] for g in groups]
         text_k = [g.cond.k[i] for g in groups] if cross else []
@@ -66,10 +92,3 @@ def runner(layers: Sequence[nn.Module], groups: Sequence, masks: list[torch.Tens
                                                       text_k, text_v, text_valids)
 
     return run
-
-
-def prepare(layers: Sequence[nn.Module]) -> None:
-    """Give every layer its `fused_args` (None where it cannot run fused); call again after changing a layer's
-    linears or switches (`native`)."""
-    for layer in layers:
-        layer.fused_args = layer_args(layer) if native.vnni() else None

@@ -369,8 +369,6 @@ class LM(nn.Module):
         relayout_linears(model, device, quantize)  # the parts that are linears themselves (the heads)
         if device.type == "cpu" and quantize in ("int8", "int4") and native.load():
             model.kv_dtype = torch.bfloat16
-        if device.type == "cpu":
-            fused.prepare(model.layers)
         model.init_buffers(device, dtype)
         return model.eval()
 

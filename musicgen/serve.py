@@ -251,15 +251,17 @@ class Scheduler:
                 self.steps += 1
                 self.peak_rows = max(self.peak_rows, sum(t.rows for t in running))
             frames = {t: t.gen.frames().cpu() for t in running if t.error is None and t.gen is not None}
+            with self._cv:  # the news first: the decoding below must not hold up anyone's progress
+                for t, f in frames.items():
+                    if t.error is None and t.gen is not None:
+                        t.latest = StreamStep(t.gen.step, t.total, f)
+                self._cv.notify_all()
             for t, f in frames.items():
-                self._guard([t], functools.partial(self._decode, t, f))
+                if t.error is None and not t.cancelled:
+                    self._guard([t], functools.partial(self._decode, t, f))
             with self._cv:
                 for t, f in frames.items():
-                    if t.error is not None:
-                        continue
-                    assert t.gen is not None
-                    t.latest = StreamStep(t.gen.step, t.total, f)
-                    if t.gen.done:
+                    if t.error is None and t.gen is not None and t.gen.done:
                         t.tokens = f
                 self._leave_finished()
                 self._cv.notify_all()
@@ -278,12 +280,13 @@ class Scheduler:
 
     def _decode(self, t: Ticket, frames: torch.Tensor) -> None:
         """EnCodec decoding as the frames complete, here on the loop's threads (as many as `MusicGen.generate`
-        decodes with alone: the samples do not depend on the batch); a piece too short to go in chunks at the end."""
+        decodes with alone: the samples do not depend on the batch); a piece too short to go in chunks at the end.
+        A codec that cannot stream leaves the whole decode to the requester's thread (it would hold up the loop)."""
         if not t.decode or self.mg.device.type != "cpu" or t.gen is None:  # (a GPU decodes at the end in no time)
             return
         if t.decoding is not None:
             t.decoding.push(frames)
-        if t.gen.done:
+        if t.gen.done and (t.decoding is not None or self.mg.can_stream):  # (else a long piece: the requester's)
             t.decoded = self.mg.decode(frames) if t.decoding is None else t.decoding.audio
 
     def _admit(self) -> list[Ticket]:

@@ -49,7 +49,7 @@ def staggered(mg: MusicGen, fuse: bool) -> list[torch.Tensor]:
 @pytest.mark.parametrize("model", ["int8", "melody_int8"])
 def test_fused_steps_equal_layer_decode(model: str, request: pytest.FixtureRequest) -> None:
     mg: MusicGen = request.getfixturevalue(model)
-    assert all(layer.fused_args is not None for layer in mg.lm.layers)
+    assert all(fused.cached_args(layer) is not None for layer in mg.lm.layers)
     for got, want in zip(staggered(mg, True), staggered(mg, False), strict=True):
         assert torch.equal(got, want)
     one = mg.generate("ambient pads", 0.5, seed=3)
@@ -74,11 +74,21 @@ def test_fused_runs_and_steps_aside(int8: MusicGen, small: MusicGen, monkeypatch
     monkeypatch.setattr(fused, "runner", spy)
     int8.generate("x", 0.1, seed=0)
     assert seen and all(seen)
-    assert all(layer.fused_args is None for layer in small.lm.layers)  # float32: not ours to fuse
+    assert all(fused.cached_args(layer) is None for layer in small.lm.layers)  # float32: not ours to fuse
     layer = int8.lm.layers[0]
-    layer.fc1.native = False
-    try:
-        assert fused.layer_args(layer) is None
-    finally:
-        layer.fc1.native = True
-    assert fused.layer_args(layer) is not None
+    want = int8.generate("x", 0.2, seed=1).tokens
+    for switch in ("fc1.native", "self_attn.native", "fc2.reduce_range"):  # switched after the args were cached
+        part, name = switch.split(".")
+        module = getattr(layer, part)
+        before = getattr(module, name)
+        setattr(module, name, not before)
+        try:
+            assert fused.cached_args(layer) is None
+            seen.clear()
+            out = int8.generate("x", 0.2, seed=1).tokens
+            assert seen and not any(seen)  # Layer.decode ran
+            if switch != "fc2.reduce_range":
+                assert torch.equal(out, want)
+        finally:
+            setattr(module, name, before)
+    assert fused.cached_args(layer) is not None

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -93,7 +94,9 @@ at::Tensor vnni_pack(const at::Tensor& w) {
 #define VNNI_DECLARE(m) __m512i a##m##0 = _mm512_setzero_si512(), a##m##1 = a##m##0, a##m##2 = a##m##0, a##m##3 = a##m##0;
 #define VNNI_STEP(m)                                                                                  \
   if constexpr (R > m) {                                                                              \
-    const __m512i b = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(xq + m * ld + 4 * k4));    \
+    int32_t four;                                                                                     \
+    std::memcpy(&four, xq + m * ld + 4 * k4, 4);                                                      \
+    const __m512i b = _mm512_set1_epi32(four);                                                        \
     a##m##0 = _mm512_dpbusd_epi32(a##m##0, b, w0);                                                    \
     a##m##1 = _mm512_dpbusd_epi32(a##m##1, b, w1);                                                    \
     a##m##2 = _mm512_dpbusd_epi32(a##m##2, b, w2);                                                    \
@@ -158,17 +161,19 @@ at::Tensor vnni_int8_linear(const at::Tensor& x, const at::Tensor& packed, const
   const int64_t M = rows.size(0), K = rows.size(1), N = wscale.size(0), K4 = packed.size(1), ld = 4 * K4;
   TORCH_CHECK(vnni_supported(), "vnni_int8_linear: this CPU has no AVX512-VNNI");
   TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.is_contiguous() &&
+                  packed.device().is_cpu() && packed.size(2) == NC && packed.size(3) == 4 &&
                   packed.size(0) * NC >= N && packed.size(0) * NC < N + NC && K4 == (K + 3) / 4,
               "vnni_int8_linear: packed [ceil(N / 64), ceil(K / 4), 64, 4] int8 from vnni_pack");
   TORCH_CHECK(colsum.scalar_type() == at::kInt && colsum.numel() == N && colsum.is_contiguous() &&
-                  wscale.scalar_type() == at::kFloat && wscale.is_contiguous() && wscale.dim() == 1,
+                  colsum.device().is_cpu() && wscale.device().is_cpu() && wscale.scalar_type() == at::kFloat &&
+                  wscale.is_contiguous() && wscale.dim() == 1,
               "vnni_int8_linear: colsum [N] int32, wscale [N] float32");
   std::vector<uint8_t> xq(M * ld, static_cast<uint8_t>(mid));  // u8 = integer + mid; K's padding holds zeros
   std::vector<float> s(M);
   for (int64_t r = 0; r < M; ++r) {
     const float* a = rows.const_data_ptr<float>() + r * K;
     s[r] = row_scale(a, K, half);
-    if (std::isnan(s[r])) continue;  // a NaN row gives NaN outputs (times s), as in the Python path
+    if (!std::isfinite(s[r])) continue;  // a NaN / inf row gives NaN outputs (0 times s), as in the Python path
     for (int64_t k = 0; k < K; ++k) xq[r * ld + k] = static_cast<uint8_t>(std::nearbyint(a[k] / s[r]) + mid);
   }
   at::Tensor y = at::empty({M, N}, rows.options());

@@ -36,7 +36,10 @@ class ModelCache:
         self._model: MusicGen | None = None
         self._leases = 0  # runs holding the current model
         self._switching = False  # a request for another model waits for the leases to end
-        self.batch_rows, self.threads = batch_rows, threads
+        # every model's scheduler gets the same decode-loop threads, counted here: a scheduler made later, in a
+        # request's thread, would count that thread's (1, once a scheduler ran: serve.own_intra_op_threads), and a
+        # matrix product's last bits (T5's, EnCodec's) depend on the count
+        self.batch_rows, self.threads = batch_rows, threads or torch.get_num_threads()
         self._scheduler: Scheduler | None = None
 
     @property

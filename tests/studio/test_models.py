@@ -108,3 +108,26 @@ def test_mixed_traffic_over_two_models_never_fails(engines) -> None:
     for i, (repo, seed) in enumerate(jobs):
         assert torch.equal(got[i], alone[(repo, seed)]), (repo, seed)
     assert cache.leases == 0
+
+
+def test_every_scheduler_gets_the_threads_counted_at_start(engines) -> None:
+    """A model's scheduler is made in whichever request's thread loads it, where torch's count is 1 once a
+    scheduler ran (serve.own_intra_op_threads): the cache counts the threads once, at start, for all of them
+    (a decode loop on 1 thread was ~2x slower, and its T5 / EnCodec products differ in their last bits)."""
+    cache = ModelCache(loader=lambda repo: engines[repo], batch_rows=4)
+    assert cache.threads == torch.get_num_threads() == 2
+    loops: list[int] = []
+
+    def run(repo: str) -> None:
+        torch.set_num_threads(1)  # as in a request's thread
+        with cache.lease(repo) as (_, engine):
+            engine.generate("x", 0.1, seed=0)
+            loops.append(engine.loop_threads)
+
+    for repo in ("current", "hub"):
+        t = threading.Thread(target=run, args=(repo,))
+        t.start()
+        t.join(60)
+    torch.set_num_threads(2)  # (the helper of own_intra_op_threads changed the default for new threads)
+    assert loops == [2, 2]
+    cache.free()

@@ -28,13 +28,6 @@ def _parts(layer: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.
     return norms, linears, [layer.self_attn, *([layer.cross_attn] if cross else [])]
 
 
-def _switches(layer: nn.Module) -> tuple:
-    """What `layer_args` depends on besides the tensors' values: its result is reused while this is unchanged."""
-    _, linears, attentions = _parts(layer)
-    return (tuple((type(q), getattr(q, "native", None), id(getattr(q, "vnni", None)), getattr(q, "half", None),
-                   getattr(q, "mid", None)) for q in linears), tuple(a.native for a in attentions))
-
-
 def layer_args(layer: nn.Module) -> LayerArgs | None:
     """The layer's norms (weight, bias each) and int8 linears (our kernel's tensors each), with the activations'
     half / mid range and the norms' eps; None when the layer cannot run fused (another layout, a kernel off)."""
@@ -53,11 +46,10 @@ def layer_args(layer: nn.Module) -> LayerArgs | None:
 
 
 def cached_args(layer: nn.Module) -> LayerArgs | None:
-    """`layer_args`, computed again only when a switch it depends on changed (`native`, `reduce_range`, ...)."""
-    key = _switches(layer)
+    """`layer_args`, computed again after any kernel switch (`native`, `reduce_range`, ...) was set anywhere."""
     cached = getattr(layer, "_fused", None)
-    if cached is None or cached[0] != key:
-        cached = (key, layer_args(layer))
+    if cached is None or cached[0] != native.generation:
+        cached = (native.generation, layer_args(layer))
         layer._fused = cached
     return cached[1]
 

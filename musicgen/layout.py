@@ -93,6 +93,10 @@ class DynamicInt8Linear(nn.Module):
     fbgemm's (1.4-1.8x faster for a decode step's rows), else fbgemm's GEMM. `native=False` (or no compiler)
     keeps the ~10 torch ops, with identical results."""
 
+    def __setattr__(self, name: str, value: object) -> None:
+        native.note_switch(name)  # (a kernel switch: fused.py's cached arguments follow)
+        super().__setattr__(name, value)
+
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         w = weight.detach().float()

@@ -99,6 +99,10 @@ def self_attn_mask(cache: KVCache, pos: int | torch.Tensor, T: int, device: torc
 
 
 class SelfAttention(nn.Module):
+    def __setattr__(self, name: str, value: object) -> None:
+        native.note_switch(name)  # (`native` chooses a kernel: fused.py's cached arguments follow)
+        super().__setattr__(name, value)
+
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.h, self.hd = cfg.num_heads, cfg.head_dim
@@ -133,6 +137,10 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
+    def __setattr__(self, name: str, value: object) -> None:
+        native.note_switch(name)  # (`native` chooses a kernel: fused.py's cached arguments follow)
+        super().__setattr__(name, value)
+
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.h, self.hd = cfg.num_heads, cfg.head_dim

@@ -33,6 +33,17 @@ ENV = "MUSICGEN_NATIVE"  # "0": never build or use it
 STALE_LOCK_S = 600  # a build takes ~10 s: a lock file this old was left by a killed build, and torch would wait on it
 
 
+SWITCHES = ("native", "vnni", "reduce_range")  # module attributes that choose a kernel (see note_switch)
+generation = 0  # bumped whenever one of them is set on any module: fused.py's cached arguments follow it
+
+
+def note_switch(name: str) -> None:
+    """Called by the modules that have SWITCHES whenever an attribute is set (their __setattr__)."""
+    global generation
+    if name in SWITCHES:
+        generation += 1
+
+
 def _ninja_on_path() -> None:
     """torch's builder runs `ninja` from PATH: the pip package's binary (requirements.txt) when none is there."""
     if shutil.which("ninja") is not None:

@@ -175,6 +175,15 @@ def int8_quality(fp32, int8, frames: int) -> dict:
             "mean_kl": kl.mean().item(), "max_kl": kl.max().item(), "teacher_forced_top1_agreement": top1}
 
 
+VARIANTS = ("-torch", "-fbgemm", "-unfused")  # engine suffixes: parts of the C++ kernels off (see --engines)
+
+
+def variant_of(engine: str) -> tuple[str, str]:
+    """"int8-weight-only-torch" -> ("int8-weight-only", "-torch"); no variant: (engine, "")."""
+    suffix = next((v for v in VARIANTS if engine.endswith(v)), "")
+    return engine.removesuffix(suffix) if suffix else engine, suffix
+
+
 def rss_of(engine: str, model: str, frames: int) -> dict:
     """Load `engine` and generate in a fresh process: peak RSS and the size of what it keeps."""
     code = f"""
@@ -239,7 +248,7 @@ def main() -> None:
 
             loaded[e] = MusicgenForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
         else:
-            quantize = e.split("-")[0]
+            quantize = variant_of(e)[0]
             loaded[e] = MusicGen.from_pretrained(model, device="cpu", quantize=None if quantize == "fp32" else quantize)
             lm = loaded[e].lm
             if e.endswith("-unfused"):  # the C++ kernels, each layer's ops called from Python (Layer.decode)
@@ -290,7 +299,7 @@ def main() -> None:
                 ratio = best[e]["steps_per_s"] / best[anchor]["steps_per_s"]
                 print(f"ratio {e} / {anchor}: {ratio:.2f}x decode steps/s")
     print("all runs (steps/s): " + json.dumps({k: [round(x["steps_per_s"], 2) for x in v] for k, v in results.items()}))
-    for e in [e for e in engines if e.startswith("int") and not e.endswith("-torch") and "fp32" in loaded]:
+    for e in [e for e in engines if e.startswith("int") and not variant_of(e)[1] and "fp32" in loaded]:
         q = int8_quality(loaded["fp32"], loaded[e], frames)
         print(f"{e} vs float32 over {frames} frames: greedy token agreement {q['token_agreement']:.3f} "
               f"(identical for the first {q['frames_identical_before_first_divergence']} frames), teacher-forced "
@@ -298,7 +307,7 @@ def main() -> None:
               f"(max {q['max_kl']:.3f})")
     if not args.no_rss:
         del loaded
-        for e in [e for e in engines if not e.startswith("ort") and not e.endswith("-torch")]:
+        for e in [e for e in engines if not e.startswith("ort") and not variant_of(e)[1]]:
             r = rss_of(e, model, frames)
             ratio = (r["peak"] - r["base"]) / r["weights"]
             print(f"peak RSS {e:<18} {r['peak']:7.0f} MB (after imports {r['base']:.0f}, after load "

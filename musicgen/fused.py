@@ -58,7 +58,7 @@ def runner(layers: Sequence[nn.Module], groups: Sequence, masks: list[torch.Tens
            spans: list[tuple[int, int]], x: torch.Tensor) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
     """`run(x, i)`: layer i of this decode step in one call, or None where the step cannot run fused (any layer
     or request the C++ kernels do not take: then `Layer.decode` runs, as it would anyway)."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or not native.vnni():
+    if x.dtype != torch.float32 or x.device.type != "cpu":
         return None
     args = [cached_args(layer) for layer in layers]
     if any(a is None for a in args):
@@ -71,7 +71,7 @@ def runner(layers: Sequence[nn.Module], groups: Sequence, masks: list[torch.Tens
         return None
     bounds = [0, *(b for _, b in spans)]
     pos = [g.pos for g in groups]
-    valids = [None if m is None else m.reshape(m.shape[0], -1).expand(g.rows, -1) for g, m in zip(groups, masks)]
+    valids = [native.slot_valid(m, g.rows) for g, m in zip(groups, masks)]
     text_valids = [g.cond.valid for g in groups] if cross else []
 
     def run(x: torch.Tensor, i: int) -> torch.Tensor:
@@ -80,7 +80,7 @@ def runner(layers: Sequence[nn.Module], groups: Sequence, masks: list[torch.Tens
         v = [g.cache.v[i] for g in groups]
         text_k = [g.cond.k[i] for g in groups] if cross else []
         text_v = [g.cond.v[i] for g in groups] if cross else []
-        return torch.ops.musicgen_native.decode_layer(x, norms, linears, half, mid, eps, bounds, pos, k, v, valids,
-                                                      text_k, text_v, text_valids)
+        return native.decode_layer(x, norms, linears, half, mid, eps, bounds, pos, k, v, valids, text_k, text_v,
+                                   text_valids)
 
     return run

@@ -78,7 +78,7 @@ class Int8Linear(nn.Module):
         return y if x.dim() == 2 else y.unflatten(0, x.shape[:-1])
 
 
-class DynamicInt8Linear(nn.Module):
+class DynamicInt8Linear(native.KernelSwitches, nn.Module):
     """fbgemm's int8 linear with int32 accumulation, every activation row quantized on its own (batch-invariant).
 
     Weights: int8 per output channel, prepacked once. Activations: each row symmetric with its own scale
@@ -92,10 +92,6 @@ class DynamicInt8Linear(nn.Module):
     the same in one call: on AVX512-VNNI CPUs our own kernel, on weights stored in its order instead of
     fbgemm's (1.4-1.8x faster for a decode step's rows), else fbgemm's GEMM. `native=False` (or no compiler)
     keeps the ~10 torch ops, with identical results."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        native.note_switch(name)  # (a kernel switch: fused.py's cached arguments follow)
-        super().__setattr__(name, value)
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()

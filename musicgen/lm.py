@@ -98,11 +98,7 @@ def self_attn_mask(cache: KVCache, pos: int | torch.Tensor, T: int, device: torc
     return keys if causal is None else keys & causal[None, None]
 
 
-class SelfAttention(nn.Module):
-    def __setattr__(self, name: str, value: object) -> None:
-        native.note_switch(name)  # (`native` chooses a kernel: fused.py's cached arguments follow)
-        super().__setattr__(name, value)
-
+class SelfAttention(native.KernelSwitches, nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.h, self.hd = cfg.num_heads, cfg.head_dim
@@ -120,7 +116,7 @@ class SelfAttention(nn.Module):
         their keys and values are written into the cache [B, H, T_max, hd]."""
         B, T, _ = qkv.shape
         if T == 1 and isinstance(pos, int) and self.native and native.attention_usable(qkv, k_cache):
-            valid = None if mask is None else mask.reshape(mask.shape[0], -1).expand(B, -1)  # [B, pos + 1]
+            valid = native.slot_valid(mask, B)  # [B, pos + 1]
             return native.decode_attention(qkv, k_cache, v_cache, pos, valid)  # the decode step on a CPU: one call
         q, k, v = qkv.view(B, T, 3, self.h, self.hd).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
         if isinstance(pos, torch.Tensor):  # static shapes (compile / CUDA graphs): whole cache, masked
@@ -136,11 +132,7 @@ class SelfAttention(nn.Module):
         return y.transpose(1, 2).reshape(B, T, self.h * self.hd)
 
 
-class CrossAttention(nn.Module):
-    def __setattr__(self, name: str, value: object) -> None:
-        native.note_switch(name)  # (`native` chooses a kernel: fused.py's cached arguments follow)
-        super().__setattr__(name, value)
-
+class CrossAttention(native.KernelSwitches, nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.h, self.hd = cfg.num_heads, cfg.head_dim

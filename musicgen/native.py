@@ -33,15 +33,23 @@ ENV = "MUSICGEN_NATIVE"  # "0": never build or use it
 STALE_LOCK_S = 600  # a build takes ~10 s: a lock file this old was left by a killed build, and torch would wait on it
 
 
-SWITCHES = ("native", "vnni", "reduce_range")  # module attributes that choose a kernel (see note_switch)
-generation = 0  # bumped whenever one of them is set on any module: fused.py's cached arguments follow it
+SWITCHES = ("native", "vnni", "reduce_range")  # module attributes that choose a kernel (see KernelSwitches)
+generation = 0  # bumped whenever one of them is set on any module (KernelSwitches): fused.py's cached arguments follow
 
 
-def note_switch(name: str) -> None:
-    """Called by the modules that have SWITCHES whenever an attribute is set (their __setattr__)."""
-    global generation
-    if name in SWITCHES:
-        generation += 1
+class KernelSwitches:
+    """Mixin (before nn.Module) for modules with SWITCHES: setting one bumps `generation`."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        global generation
+        if name in SWITCHES:
+            generation += 1
+        super().__setattr__(name, value)
+
+
+def slot_valid(mask: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    """lm.self_attn_mask's [B or 1, 1, 1, n] mask of a decode step -> the [rows, n] rows decode_attention takes."""
+    return None if mask is None else mask.reshape(mask.shape[0], -1).expand(rows, -1)
 
 
 def _ninja_on_path() -> None:
@@ -146,6 +154,16 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: to
     [B, L] (bool: False on text padding; a row with none valid gets uniform weights, as under torch's
     finfo.min bias) -> [B, 1, D]."""
     return torch.ops.musicgen_native.cross_attention(q, k, v, valid)
+
+
+def decode_layer(x: torch.Tensor, norms: list[torch.Tensor], linears: list[torch.Tensor], half: int, mid: int,
+                 eps: float, bounds: list[int], pos: list[int], k: list[torch.Tensor], v: list[torch.Tensor],
+                 valids: list[torch.Tensor | None], text_k: list[torch.Tensor], text_v: list[torch.Tensor],
+                 text_valids: list[torch.Tensor]) -> torch.Tensor:
+    """One decoder layer of a decode step (lm.Layer.decode's ops, fused.py): x [R, 1, D], the groups' rows at
+    `bounds`, their slots `pos`, caches, masks and texts -> [R, 1, D]."""
+    return torch.ops.musicgen_native.decode_layer(x, norms, linears, half, mid, eps, bounds, pos, k, v, valids,
+                                                  text_k, text_v, text_valids)
 
 
 def attention_usable(qkv: torch.Tensor, k_cache: torch.Tensor) -> bool:

@@ -257,7 +257,7 @@ class MusicGen:
         release_free_memory()  # the KV cache's pages go back to the OS before the decoder needs its own
         if decode and decoded is None:
             decoded = self.decode(tokens)
-        audio = loudness.level_items(decoded, self.sample_rate, normalize) if decoded is not None and decode else None
+        audio = loudness.level_items(decoded, self.sample_rate, normalize) if decode else None
         if decoder != "mbd":
             return GenerationOutput(audio, tokens.cpu(), self.sample_rate, seed)
         total = steps_before + self.mbd.total_steps

@@ -253,8 +253,7 @@ class Scheduler:
             frames = {t: t.gen.frames().cpu() for t in running if t.error is None and t.gen is not None}
             with self._cv:  # the news first: the decoding below must not hold up anyone's progress
                 for t, f in frames.items():
-                    if t.error is None and t.gen is not None:
-                        t.latest = StreamStep(t.gen.step, t.total, f)
+                    t.latest = StreamStep(t.gen.step, t.total, f)  # type: ignore[union-attr]
                 self._cv.notify_all()
             for t, f in frames.items():
                 if t.error is None and not t.cancelled:

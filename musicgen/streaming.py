@@ -211,4 +211,3 @@ class ChunkedDecode:
     def audio(self) -> torch.Tensor | None:
         """[B, C, S] once every frame was pushed, else None."""
         return torch.cat(self.parts, dim=-1) if self.dec.done else None
-
